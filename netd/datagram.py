@@ -1,0 +1,119 @@
+# -*- test-case-name: tests.test_datagram -*-
+"""
+What every netd UDP service needs before it answers a datagram: no replies
+to the ports of other reflecting services (a reply to echo, chargen,
+daytime, time or NTP could start an endless loop between two servers), and
+a per-source limit on replies (UDP sources are easy to forge, and a server
+that answers without limit amplifies floods towards the forged victim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+#: Source ports of services that answer any datagram: echo, daytime,
+#: chargen, time, NTP; and port 0, which no real sender uses.
+REFLECTION_PORTS = frozenset({0, 7, 13, 19, 37, 123})
+
+
+class PerSourceRateLimiter:
+    """
+    A token bucket per source address: each source may have C{burst}
+    replies at once and C{rate} a second after that.
+
+    At most C{maxSources} sources are remembered; when more send, the one
+    heard from least recently is forgotten (and so starts with a full
+    bucket again), which bounds memory whatever a flood of forged sources
+    does.
+    """
+
+    def __init__(
+        self, clock: Any, rate: float = 20.0, burst: int = 40, maxSources: int = 4096
+    ) -> None:
+        """
+        @param clock: an L{IReactorTime}.
+        @param rate: replies a second each source earns.
+        @param burst: the most replies a source can have saved up.
+        @param maxSources: the most sources remembered at once.
+        """
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.maxSources = maxSources
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, source: str) -> bool:
+        """
+        Take one reply from C{source}'s bucket.
+
+        @return: whether C{source} may have a reply now.
+        """
+        now = self.clock.seconds()
+        tokens, last = self._buckets.pop(source, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(self._buckets) >= self.maxSources:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[source] = (tokens, now)
+        return allowed
+
+
+class GuardedDatagramProtocol(DatagramProtocol):
+    """
+    A datagram protocol that answers each acceptable datagram with what
+    L{reply} returns, after dropping reflection ports and rate-limited
+    sources.
+
+    @ivar reflectionPorts: source ports never answered.
+    """
+
+    log = Logger()
+    noisy = False
+    reflectionPorts: frozenset[int] = REFLECTION_PORTS
+
+    def __init__(self, serviceName: str, limiter: PerSourceRateLimiter) -> None:
+        """
+        @param serviceName: the netd service, for logs.
+        @param limiter: the per-source reply limit.
+        """
+        self.serviceName = serviceName
+        self.limiter = limiter
+        self.dropped = 0
+
+    def reply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
+        """
+        The answer to one datagram, or L{None} for no answer.
+        """
+        raise NotImplementedError
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        host, port = address[:2]
+        if port in self.reflectionPorts or not self.limiter.allow(host):
+            self.dropped += 1
+            self.log.debug(
+                "{service} dropped a datagram from {host}:{port}",
+                service=self.serviceName,
+                host=host,
+                port=port,
+            )
+            return
+        answer = self.reply(data, address)
+        if answer is None:
+            return
+        try:
+            self.transport.write(answer, address)
+        except (OSError, MessageLengthError) as error:
+            # Too big for a datagram, or the route went away: nothing to resend.
+            self.log.info(
+                "{service} could not answer {host}:{port}: {error}",
+                service=self.serviceName,
+                host=host,
+                port=port,
+                error=error,
+            )

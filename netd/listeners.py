@@ -1,0 +1,241 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Listening services: one per endpoint, each logging the address it really
+listens on, and each turning a failure to listen into a L{StartupError}.
+
+Twisted's C{strports.service} would do for streams, but it hides the port it
+listened on, and netd logs every actual address (so that C{tcp:0} is usable
+from scripts); UDP has no endpoint type in Twisted at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
+
+
+class StartupError(Exception):
+    """
+    netd cannot start as configured; the message is one line for the operator.
+    """
+
+
+def describeAddress(address: Any) -> str:
+    """
+    Format an address for logs: C{TCP 127.0.0.1:50007}, C{UDP [::1]:7},
+    C{UNIX /run/netd.sock}.
+    """
+    if isinstance(address, IPv6Address):
+        return f"{address.type} [{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.type} {address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        if isinstance(name, bytes):
+            return f"UNIX {name.decode('utf-8', 'replace')}"
+        return f"UNIX {name}"
+    return str(address)
+
+
+def _splitEndpoint(description: str) -> list[str]:
+    """
+    Split an endpoint description on the colons that are not escaped with a
+    backslash, unescaping the parts (C{udp:7:interface=\\:\\:1}).
+    """
+    parts, current, chars = [], [], iter(description)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def isDatagramEndpoint(description: str) -> bool:
+    """
+    Whether C{description} names a UDP endpoint (C{udp:...}).
+    """
+    return description.split(":", 1)[0].lower() == "udp"
+
+
+def parseDatagramEndpoint(description: str) -> tuple[int, str]:
+    """
+    Parse netd's C{udp:PORT[:interface=ADDR]} endpoint description.
+
+    @return: the port and the interface (C{""} for all IPv4 interfaces).
+    @raise UsageError: quoting the description when it is malformed.
+    """
+    kind, *rest = _splitEndpoint(description)
+    if kind.lower() != "udp" or not rest:
+        raise UsageError(f"expected udp:PORT[:interface=ADDR], not {description!r}")
+    portText, *arguments = rest
+    interface = ""
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if equals and key == "interface":
+            interface = value
+        else:
+            raise UsageError(
+                f"unknown argument {argument!r} in UDP endpoint {description!r}"
+            )
+    if not portText.isdigit() or int(portText) > 65535:
+        raise UsageError(f"bad UDP port {portText!r} in {description!r}")
+    return int(portText), interface
+
+
+class StreamListener(Service):
+    """
+    Listen on one stream endpoint for one netd service.
+
+    @ivar port: the L{IListeningPort} once listening, else L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, serviceName: str, description: str, endpoint: Any, factory: Any
+    ) -> None:
+        """
+        @param serviceName: the netd service, for logs and errors.
+        @param description: the endpoint string the operator gave.
+        @param endpoint: an L{IStreamServerEndpoint} built from it.
+        @param factory: the protocol factory to listen with.
+        """
+        self.serviceName = serviceName
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self._listening: Deferred[Any] | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen now, before twistd drops privileges, so that low ports work;
+        a failure that is known at once stops start-up.
+        """
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        self._listening = self.endpoint.listen(self.factory)
+        self._listening.addCallbacks(self._listened, failures.append)
+        if failures:
+            self._listening = None
+            raise StartupError(
+                f"{self.serviceName}: cannot listen on {self.description!r}: "
+                f"{failures[0].getErrorMessage()}"
+            )
+        self._listening.addErrback(self._failedLater)
+
+    def startService(self) -> None:
+        """
+        Listen, unless L{privilegedStartService} did already.
+        """
+        if self._listening is None and self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        self.log.info(
+            "{service} listening on {address}",
+            service=self.serviceName,
+            address=describeAddress(port.getHost()),
+        )
+
+    def _failedLater(self, failure: Failure) -> None:
+        self.log.failure(
+            "{service} cannot listen on {description}",
+            failure,
+            service=self.serviceName,
+            description=self.description,
+        )
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        Stop listening; connections already made are left alone.
+        """
+        super().stopService()
+        if self._listening is not None:
+            self._listening.cancel()
+            self._listening = None
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class DatagramListener(Service):
+    """
+    Listen on one UDP port for one netd service.
+
+    @ivar port: the UDP port once listening, else L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        serviceName: str,
+        description: str,
+        reactor: Any,
+        protocol: Any,
+    ) -> None:
+        """
+        @param serviceName: the netd service, for logs and errors.
+        @param description: the C{udp:PORT[:interface=ADDR]} string.
+        @param reactor: an L{IReactorUDP}.
+        @param protocol: the L{DatagramProtocol} to listen with.
+        """
+        self.serviceName = serviceName
+        self.description = description
+        self.portNumber, self.interface = parseDatagramEndpoint(description)
+        self.reactor = reactor
+        self.protocol = protocol
+        self.port: Any = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind the UDP port now, before twistd drops privileges.
+        """
+        super().privilegedStartService()
+        try:
+            self.port = self.reactor.listenUDP(
+                self.portNumber, self.protocol, interface=self.interface
+            )
+        except Exception as error:
+            raise StartupError(
+                f"{self.serviceName}: cannot listen on {self.description!r}: {error}"
+            ) from error
+        self.log.info(
+            "{service} listening on {address}",
+            service=self.serviceName,
+            address=describeAddress(self.port.getHost()),
+        )
+
+    def startService(self) -> None:
+        """
+        Bind, unless L{privilegedStartService} did already.
+        """
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        Close the UDP port.
+        """
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_plugin -*-
+"""
+netd's service plugin interface, and how the tap finds its services.
+
+A netd service is any object providing L{INetdService} (and Twisted's
+L{IPlugin}) in a module of some C{twisted/plugins/} directory. netd's own
+services are registered in C{twisted/plugins/netd_plugin.py}; a third party
+adds one by shipping a dropin of its own, with no change to netd.
+
+This module is imported by dropins, so it must stay light: nothing here may
+import the reactor or a protocol module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.plugin import IPlugin, getPlugins
+from zope.interface import Attribute, Interface, implementer
+
+
+class INetdService(Interface):
+    """
+    A service that netd can serve on any number of endpoints.
+
+    Option names are the service's own (C{"prefix"}); netd exposes each as
+    C{--NAME-OPTION} on the command line (C{--echo-prefix}) and as C{OPTION}
+    in the service's table of the config file.
+    """
+
+    name = Attribute(
+        "C{str}: the service's name in C{--services}, its endpoint option "
+        "C{--NAME} and its logs. Lower case letters, digits and dashes."
+    )
+    description = Attribute("C{str}: one line for C{--help}.")
+    defaultEndpoints = Attribute(
+        "C{Sequence[str]}: the endpoints served when the operator names none; "
+        "C{udp:PORT[:interface=ADDR]} for datagram listeners."
+    )
+    stream = Attribute("C{bool}: whether the service speaks over TCP-like streams.")
+    datagram = Attribute("C{bool}: whether the service also speaks over UDP.")
+    optParameters = Attribute(
+        "C{Sequence}: L{twisted.python.usage.Options}-style parameters "
+        "C{[name, None, default, doc, coerce]}, named without the service prefix."
+    )
+    optFlags = Attribute(
+        "C{Sequence}: L{twisted.python.usage.Options}-style flags "
+        "C{[name, None, doc]}, named without the service prefix."
+    )
+
+    def validate(options: Mapping[str, Any]) -> None:
+        """
+        Check the service's own options together, before anything is built.
+
+        @param options: the service's options by their short names.
+        @raise twisted.python.usage.UsageError: quoting the bad value.
+        """
+
+    def makeFactory(options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        Build the one L{IProtocolFactory} shared by all the service's stream
+        endpoints.
+
+        @param options: the service's options by their short names.
+        @param reactor: the reactor, for its clock and anything else it needs.
+        """
+
+    def makeDatagramProtocol(options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        Build a L{twisted.internet.protocol.DatagramProtocol} for one UDP
+        endpoint (called once per endpoint: a datagram protocol is bound to
+        one port).
+        """
+
+
+@implementer(IPlugin, INetdService)
+class ServicePlugin:
+    """
+    A convenient base for L{INetdService} providers: subclasses set the
+    attributes and override the C{make*} methods they support.
+
+    Subclasses import their protocol modules inside the C{make*} methods, so
+    that loading a dropin never imports more than this module.
+    """
+
+    name: str = ""
+    description: str = ""
+    defaultEndpoints: Sequence[str] = ()
+    stream: bool = True
+    datagram: bool = False
+    optParameters: Sequence[Sequence[Any]] = ()
+    optFlags: Sequence[Sequence[Any]] = ()
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """
+        Accept any combination of options; override to check them together.
+        """
+
+    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        Subclasses with C{stream = True} build their protocol factory here.
+        """
+        raise NotImplementedError(f"{self.name} does not speak over streams")
+
+    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        Subclasses with C{datagram = True} build their datagram protocol here.
+        """
+        raise NotImplementedError(f"{self.name} does not speak over UDP")
+
+    def __repr__(self) -> str:
+        return f"<netd service {self.name!r}>"
+
+
+def discoverServices(plugins: Any = None) -> list[INetdService]:
+    """
+    Find every installed netd service.
+
+    @param plugins: where to look, a plugin package such as
+        C{twisted.plugins}; by default every C{twisted/plugins/} directory
+        on C{sys.path}.
+    @return: the services sorted by name; when the same name is found twice
+        (the same dropin seen through two C{sys.path} entries), the first wins.
+    """
+    found: dict[str, INetdService] = {}
+    for service in getPlugins(INetdService, plugins):
+        found.setdefault(service.name, service)
+    return [found[name] for name in sorted(found)]

@@ -1,0 +1,263 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The twistd plugin's options and service: C{twistd -n netd [options]}.
+
+Services come from plugins (L{netd.plugin.discoverServices}): each adds its
+endpoint option C{--NAME} and its own options C{--NAME-OPTION}, and a table
+C{[NAME]} to the config file.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from netd.config import configFlag, configStrings, configValue, loadConfig
+from netd.connlog import ConnectionLoggingFactory
+from netd.listeners import (
+    DatagramListener,
+    StartupError,
+    StreamListener,
+    isDatagramEndpoint,
+    parseDatagramEndpoint,
+)
+from netd.plugin import INetdService, discoverServices
+
+_GLOBAL_KEYS = frozenset({"services"})
+
+
+def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
+    """
+    Make the C{opt_NAME} handler that collects a service's endpoints.
+    """
+
+    def opt(self: Options, endpoint: str) -> None:
+        self["endpoints"][serviceName].append(endpoint)
+
+    opt.__doc__ = (
+        f"Serve {serviceName} on this endpoint (repeatable; replaces the "
+        f"defaults) [default: {' '.join(defaults)}]"
+    )
+    return opt
+
+
+class Options(usage.Options):
+    """
+    Options for C{twistd netd}, built from the installed service plugins.
+
+    After parsing, the mapping holds C{services} (the chosen
+    L{INetdService} providers), C{endpoints} (service name to endpoint
+    strings) and C{serviceOptions} (service name to its options by their
+    short names).
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve echo, getfile, clock and objects (and any other installed netd "
+        "service) on any number of endpoints. By default every service "
+        "listens on 127.0.0.1 only. The command line wins over --config."
+    )
+
+    available: list[INetdService]
+
+    optParameters = [
+        ["config", "c", None, "Read options from this TOML file."],
+        ["services", None, None, "Comma-separated services to run [default: all]."],
+    ]
+
+    def __new__(cls, services: Iterable[INetdService] | None = None) -> Options:
+        """
+        Give this instance a class of its own that declares each service's
+        options, since L{usage.Options} gathers options from the class.
+
+        @param services: the services to offer; by default every installed one.
+        """
+        found = list(discoverServices() if services is None else services)
+        attributes: dict[str, Any] = {"optParameters": [], "optFlags": []}
+        for service in found:
+            if service.name in _GLOBAL_KEYS | {"config", "endpoints", "help"}:
+                raise ValueError(f"a netd service cannot be named {service.name!r}")
+            attributes["opt_" + service.name.replace("-", "_")] = _endpointOption(
+                service.name, service.defaultEndpoints
+            )
+            for name, _short, default, doc, *_ in _padded(service.optParameters, 5):
+                shown = "" if default is None else f" [default: {default!r}]"
+                attributes["optParameters"].append(
+                    [f"{service.name}-{name}", None, None, f"{doc}{shown}"]
+                    + [_coerceOf(service, name)]
+                )
+            for name, _short, doc in _padded(service.optFlags, 3):
+                attributes["optFlags"].append([f"{service.name}-{name}", None, doc])
+        self: Options = super().__new__(type(cls.__name__, (cls,), attributes))
+        self.available = found
+        return self
+
+    def __init__(self, services: Iterable[INetdService] | None = None) -> None:
+        super().__init__()
+        self["endpoints"] = {service.name: [] for service in self.available}
+
+    def postOptions(self) -> None:
+        """
+        Merge the config file under the command line, fill in defaults, and
+        check every value.
+        """
+        fileConfig = loadConfig(self["config"]) if self["config"] else {}
+        byName = {service.name: service for service in self.available}
+        for key, value in fileConfig.items():
+            if key not in _GLOBAL_KEYS and not (
+                key in byName and isinstance(value, dict)
+            ):
+                raise usage.UsageError(f"unknown key {key!r} in the config file")
+
+        chosen = self._chosenServices(fileConfig, byName)
+        self["services"] = chosen
+        self["serviceOptions"] = {}
+        for service in chosen:
+            table = fileConfig.get(service.name, {})
+            self["endpoints"][service.name] = self._endpoints(service, table)
+            self["serviceOptions"][service.name] = self._serviceOptions(service, table)
+            service.validate(self["serviceOptions"][service.name])
+
+    def _chosenServices(
+        self, fileConfig: dict[str, Any], byName: dict[str, INetdService]
+    ) -> list[INetdService]:
+        if self["services"] is not None:
+            names = [name.strip() for name in self["services"].split(",")]
+        elif "services" in fileConfig:
+            names = configStrings("services", fileConfig["services"])
+        else:
+            return list(self.available)
+        for name in names:
+            if name not in byName:
+                raise usage.UsageError(
+                    f"unknown service {name!r} (known: {', '.join(byName)})"
+                )
+        return [service for service in self.available if service.name in names]
+
+    def _endpoints(self, service: INetdService, table: dict[str, Any]) -> list[str]:
+        endpoints = self["endpoints"][service.name]
+        if not endpoints and "endpoints" in table:
+            endpoints = configStrings(f"{service.name}.endpoints", table["endpoints"])
+        if not endpoints:
+            endpoints = list(service.defaultEndpoints)
+        for description in endpoints:
+            if isDatagramEndpoint(description):
+                if not service.datagram:
+                    raise usage.UsageError(
+                        f"{service.name} does not speak UDP, not {description!r}"
+                    )
+                parseDatagramEndpoint(description)
+            elif not service.stream:
+                raise usage.UsageError(
+                    f"{service.name} speaks only UDP (udp:PORT), not {description!r}"
+                )
+        return endpoints
+
+    def _serviceOptions(
+        self, service: INetdService, table: dict[str, Any]
+    ) -> dict[str, Any]:
+        known = {"endpoints"}
+        options: dict[str, Any] = {}
+        for name, _short, default, _doc, coerce in _padded(service.optParameters, 5):
+            known.add(name)
+            value = self[f"{service.name}-{name}"]
+            if value is None and name in table:
+                value = configValue(f"{service.name}.{name}", table[name], coerce)
+            options[name] = default if value is None else value
+        for name, _short, _doc in _padded(service.optFlags, 3):
+            known.add(name)
+            value = bool(self[f"{service.name}-{name}"])
+            if not value and name in table:
+                value = configFlag(f"{service.name}.{name}", table[name])
+            options[name] = value
+        for key in table:
+            if key not in known:
+                raise usage.UsageError(
+                    f"unknown key {service.name}.{key!r} in the config file"
+                )
+        return options
+
+
+def _padded(rows: Iterable[Iterable[Any]], width: int) -> list[list[Any]]:
+    return [(list(row) + [None] * width)[:width] for row in rows]
+
+
+def _coerceOf(service: INetdService, name: str) -> Any:
+    for row in _padded(service.optParameters, 5):
+        if row[0] == name:
+            return row[4]
+    return None
+
+
+def _reportStartupErrors(previous: Any) -> Any:
+    """
+    Make a C{sys.excepthook} that prints a L{StartupError} as one line.
+
+    twistd lets exceptions from C{makeService} and from starting services
+    escape as tracebacks; for netd's own start-up errors the operator gets
+    the message alone.
+    """
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, StartupError):
+            (sys.__stderr__ or sys.stderr).write(f"netd: {value}\n")
+        else:
+            previous(kind, value, tb)
+
+    hook.reportsStartupErrors = True  # type: ignore[attr-defined]
+    return hook
+
+
+def makeService(config: Options, reactor: Any = None) -> MultiService:
+    """
+    Build netd: one listener service per endpoint of every chosen service.
+
+    @param config: parsed L{Options}.
+    @param reactor: the reactor to listen with; the global one by default,
+        and then start-up errors are reported to the operator as one line.
+    @raise StartupError: when an endpoint cannot be built.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+        if not getattr(sys.excepthook, "reportsStartupErrors", False):
+            sys.excepthook = _reportStartupErrors(sys.excepthook)
+
+    netd = MultiService()
+    for service in config["services"]:
+        options = config["serviceOptions"][service.name]
+        factory = None
+        for description in config["endpoints"][service.name]:
+            if isDatagramEndpoint(description):
+                protocol = service.makeDatagramProtocol(options, reactor)
+                listener: Any = DatagramListener(
+                    service.name, description, reactor, protocol
+                )
+            else:
+                if factory is None:
+                    factory = ConnectionLoggingFactory(
+                        service.name, service.makeFactory(options, reactor), reactor
+                    )
+                listener = StreamListener(
+                    service.name,
+                    description,
+                    _streamEndpoint(service.name, description, reactor),
+                    factory,
+                )
+            listener.setServiceParent(netd)
+    return netd
+
+
+def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
+    try:
+        return serverFromString(reactor, description)
+    except Exception as error:
+        raise StartupError(
+            f"{serviceName}: bad endpoint {description!r}: {error}"
+        ) from error

@@ -1,0 +1,19 @@
+"""
+netd's dropin: the C{twistd netd} service maker and netd's own services.
+
+Nothing heavy is imported here: C{ServiceMaker} imports C{netd.tap} only
+when netd runs, and each service imports its protocols only when built.
+"""
+
+from twisted.application.service import ServiceMaker
+
+from netd.services.echo import echo
+
+netd = ServiceMaker(
+    "netd",
+    "netd.tap",
+    "Echo, getfile, clock and objects services on any endpoints",
+    "netd",
+)
+
+__all__ = ["netd", "echo"]
