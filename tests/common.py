@@ -12,7 +12,9 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as _reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock, _FakePort
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -54,6 +56,20 @@ class NetdProcess(protocol.ProcessProtocol):
         self.ready: defer.Deferred[NetdProcess] = defer.Deferred()
         self.ended: defer.Deferred[int] = defer.Deferred()
         self._lines = b""
+        self._watchers: list[defer.Deferred[None]] = []
+
+    def outputChanged(self) -> defer.Deferred[None]:
+        """
+        Fire the next time the process writes anything (or ends).
+        """
+        watcher: defer.Deferred[None] = defer.Deferred()
+        self._watchers.append(watcher)
+        return watcher
+
+    def _notify(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            watcher.callback(None)
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
@@ -72,6 +88,7 @@ class NetdProcess(protocol.ProcessProtocol):
                 )
         if len(self.addresses) >= self.listeners and not self.ready.called:
             self.ready.callback(self)
+        self._notify()
 
     errReceived = outReceived
 
@@ -87,6 +104,7 @@ class NetdProcess(protocol.ProcessProtocol):
                 )
             )
         self.ended.callback(code)
+        self._notify()
 
     def port(self, service: str, kind: str = "TCP") -> int:
         """
@@ -190,3 +208,40 @@ def runCommand(
         path=path,
     )
     return collect.done
+
+
+class Collect(protocol.Protocol):
+    """
+    A client that collects everything the server sends until it closes.
+
+    @ivar closed: fires with all the bytes received when the connection ends.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any) -> None:
+        self.closed.callback(self.received)
+
+
+class MemoryReactorUDP(MemoryReactorClock):
+    """
+    Twisted's L{MemoryReactorClock}, plus the C{listenUDP} it lacks.
+
+    @ivar udpServers: C{(port, protocol, interface, maxPacketSize)} for each
+        call to C{listenUDP}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpServers: list[tuple[int, Any, str, int]] = []
+
+    def listenUDP(
+        self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        self.udpServers.append((port, protocol, interface, maxPacketSize))
+        return _FakePort(IPv4Address("UDP", interface or "0.0.0.0", port))

@@ -1,0 +1,101 @@
+"""
+Tests for L{netd.connlog}: one log event per connection.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from netd.connlog import ConnectionLoggingFactory
+from netd.echo import EchoFactory
+
+
+class ConnectionLogTests(SynchronousTestCase):
+    """
+    L{ConnectionLoggingFactory} around a service's factory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.factory = ConnectionLoggingFactory(
+            "echo", EchoFactory(self.clock), self.clock
+        )
+        self.transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "192.0.2.7", 40001)
+        )
+        self.protocol = self.factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+
+    def test_oneEventPerConnection(self) -> None:
+        """
+        When the connection ends, one event gives service, peer, outcome,
+        bytes both ways and duration.
+        """
+        self.protocol.dataReceived(b"abc")
+        self.protocol.dataReceived(b"de")
+        self.clock.advance(1.5)
+        with capturedLogs() as events:
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            ["echo TCP 192.0.2.7:40001 closed: 5 bytes in, 17 bytes out, 1.500s"],
+        )
+        self.assertEqual(events[0]["bytesOut"], len(self.transport.value()))
+
+    def test_lostConnection(self) -> None:
+        """
+        A connection that was lost says why.
+        """
+        with capturedLogs() as events:
+            self.protocol.connectionLost(Failure(ConnectionLost("reset by peer")))
+        self.assertIn("reset by peer", formatEvent(events[0]))
+
+    def test_liveConnections(self) -> None:
+        """
+        The factory knows its live connections until they end.
+        """
+        self.assertEqual(list(self.factory.protocols), [self.protocol])
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(list(self.factory.protocols), [])
+
+    def test_halfClosePassesThrough(self) -> None:
+        """
+        A wrapped protocol that accepts half-closes gets them; one that does
+        not, the wrapper does not claim to accept them.
+        """
+        self.assertTrue(IHalfCloseableProtocol.providedBy(self.protocol))
+        self.protocol.dataReceived(b"x")
+        self.protocol.readConnectionLost()
+        self.assertTrue(self.transport.disconnecting)
+
+        plain = ConnectionLoggingFactory(
+            "plain", Factory.forProtocol(Protocol), self.clock
+        ).buildProtocol(None)
+        plain.makeConnection(StringTransport())
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain))
+
+    def test_writeSequenceCounted(self) -> None:
+        """
+        Bytes written with C{writeSequence} are counted too.
+        """
+
+        @implementer(IHalfCloseableProtocol)
+        class Sequence(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.writeSequence([b"ab", b"cde"])
+
+        factory = ConnectionLoggingFactory(
+            "seq", Factory.forProtocol(Sequence), self.clock
+        )
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        self.assertEqual(protocol.bytesOut, 5)
