@@ -2,12 +2,20 @@
 """
 One log event per connection: service, peer, outcome, bytes and duration,
 in the spirit of the book's C{Server connected by ... at ...} line.
+
+The wrapper sees every write of every service, so it is also where netd
+writes eagerly: on a plain TCP transport with nothing queued, a reply goes
+to the socket at once, as asyncio's transports do, instead of being queued
+until the reactor reports the socket writable. That saves two C{epoll_ctl}
+calls and a trip through the reactor per reply (Twisted's C{write} always
+queues), which is most of the cost of a small lock-step exchange.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
@@ -33,10 +41,13 @@ class LoggedConnection(ProtocolWrapper):
     bytesIn = 0
     bytesOut = 0
     started = 0.0
+    _socket: Any = None
 
     def makeConnection(self, transport: Any) -> None:
         self.started = self.factory.clock.seconds()
         super().makeConnection(transport)
+        if type(transport) is tcp.Server:
+            self._socket = transport.socket
         if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
             alsoProvides(self, IHalfCloseableProtocol)
 
@@ -52,12 +63,35 @@ class LoggedConnection(ProtocolWrapper):
 
     def write(self, data: bytes) -> None:
         self.bytesOut += len(data)
+        if self._socket is not None:
+            data = self._writeEagerly(data)
+            if not data:
+                return
         self.transport.write(data)
 
     def writeSequence(self, data: Any) -> None:
-        data = list(data)
-        self.bytesOut += sum(map(len, data))
-        self.transport.writeSequence(data)
+        self.write(b"".join(data))
+
+    def _writeEagerly(self, data: bytes) -> bytes:
+        """
+        Send what the kernel takes now, if nothing is queued before it.
+
+        @return: what is left for the transport to queue.
+        """
+        transport = self.transport
+        if (
+            transport._tempDataBuffer
+            or len(transport.dataBuffer) > transport.offset
+            or transport.disconnecting
+            or not transport.connected
+        ):
+            return data
+        try:
+            sent = self._socket.send(data)
+        except OSError:
+            # EAGAIN, or an error the transport will find and report itself.
+            return data
+        return data[sent:]
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)

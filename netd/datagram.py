@@ -86,6 +86,9 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.limiter = limiter
         self.dropped = 0
 
+    def logPrefix(self) -> str:
+        return self.serviceName
+
     def reply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
         """
         The answer to one datagram, or L{None} for no answer.

@@ -4,19 +4,24 @@ Tests for L{netd.connlog}: one log event per connection.
 
 from __future__ import annotations
 
-from twisted.internet import task
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from netd.connlog import ConnectionLoggingFactory
 from netd.echo import EchoFactory
+from tests.common import Collect
 
 
 class ConnectionLogTests(SynchronousTestCase):
@@ -99,3 +104,57 @@ class ConnectionLogTests(SynchronousTestCase):
         protocol = factory.buildProtocol(None)
         protocol.makeConnection(StringTransport())
         self.assertEqual(protocol.bytesOut, 5)
+
+
+class EagerWriteTests(TestCase):
+    """
+    On a plain TCP transport, the wrapper writes replies to the socket at
+    once when nothing is queued before them.
+    """
+
+    @defer.inlineCallbacks
+    def connected(self) -> Any:
+        factory = ConnectionLoggingFactory(
+            "plain", Factory.forProtocol(Protocol), _reactor
+        )
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Collect()
+        yield connectProtocol(
+            TCP4ClientEndpoint(_reactor, "127.0.0.1", port.getHost().port), client
+        )
+        while not factory.protocols:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        (wrapper,) = factory.protocols
+        return client, wrapper
+
+    @defer.inlineCallbacks
+    def test_smallWriteSentAtOnce(self) -> Any:
+        """
+        A small write leaves nothing queued and does not register the
+        transport with the reactor for writing.
+        """
+        client, wrapper = yield self.connected()
+        wrapper.write(b"at once")
+        self.assertNotIn(wrapper.transport, _reactor.getWriters())
+        self.assertEqual(wrapper.transport._tempDataBuffer, [])
+        self.assertEqual(wrapper.bytesOut, 7)
+        wrapper.loseConnection()
+        self.assertEqual((yield client.closed), b"at once")
+
+    @defer.inlineCallbacks
+    def test_orderKeptPastPartialWrite(self) -> Any:
+        """
+        A write larger than the kernel takes is queued in part; writes after
+        it queue behind it, so every byte arrives in order.
+        """
+        client, wrapper = yield self.connected()
+        big = bytes(range(256)) * (32 * 1024)  # 8 MiB
+        wrapper.write(big)
+        self.assertIn(wrapper.transport, _reactor.getWriters())
+        wrapper.writeSequence([b"E", b"ND"])
+        wrapper.loseConnection()
+        received = yield client.closed
+        self.assertEqual(len(received), len(big) + 3)
+        self.assertTrue(received == big + b"END")
+        self.assertEqual(wrapper.bytesOut, len(big) + 3)
