@@ -174,11 +174,18 @@ class ClockCommand(ClientCommand):
         the local clock: the server's second started at C{server}, so its
         clock read C{server + 0.5} give or take half a second.
         """
-        self.write(f"{formatUTC(server)}  ({time.ctime(server)} local)\n")
+        self.write(timeLine(server))
         self.write(
             f"offset {server + 0.5 - local:+.1f} s from the local clock "
             "(+-0.5 s: whole seconds)\n"
         )
+
+
+def timeLine(seconds: float) -> str:
+    """
+    A line showing a moment in UTC and in the local time zone.
+    """
+    return f"{formatUTC(seconds)}  ({time.ctime(seconds)} local)\n"
 
 
 def formatUTC(seconds: float) -> str:
@@ -280,6 +287,23 @@ def isSNTPAnswer(request: bytes, answer: bytes) -> bool:
     )
 
 
+def offsetAndDelay(
+    sent: float, serverReceived: float, serverSent: float, received: float
+) -> tuple[float, float]:
+    """
+    The server clock's offset from ours and the round-trip delay of one
+    exchange, as RFC 4330 section 5 computes them from its four times.
+
+    @param sent: when we sent the request, by our clock.
+    @param serverReceived: when the server received it, by its clock.
+    @param serverSent: when the server sent its reply, by its clock.
+    @param received: when we received the reply, by our clock.
+    """
+    offset = ((serverReceived - sent) + (serverSent - received)) / 2
+    delay = (received - sent) - (serverSent - serverReceived)
+    return offset, delay
+
+
 class SNTPCommand(ClockCommand):
     """
     C{netd-client sntp}: one SNTPv4 exchange, with offset and delay as
@@ -294,14 +318,14 @@ class SNTPCommand(ClockCommand):
         fields = NTP_PACKET.unpack_from(reply.data)
         first, stratum, referenceId = fields[0], fields[1], fields[6]
         sent, received = reply.sent, reply.received
-        serverReceived = unixFromNTPTimestamp(fields[9], sent)
         serverSent = unixFromNTPTimestamp(fields[10], received)
-        offset = ((serverReceived - sent) + (serverSent - received)) / 2
-        delay = (received - sent) - (serverSent - serverReceived)
+        offset, delay = offsetAndDelay(
+            sent, unixFromNTPTimestamp(fields[9], sent), serverSent, received
+        )
+        reference = describeReferenceId(stratum, referenceId)
         self.write(
-            f"{formatUTC(serverSent)}  ({time.ctime(serverSent)} local)\n"
-            f"stratum {stratum}, reference {describeReferenceId(stratum, referenceId)}"
-            f", version {(first >> 3) & 0x7}, leap indicator {first >> 6}\n"
+            timeLine(serverSent) + f"stratum {stratum}, reference {reference}, "
+            f"version {(first >> 3) & 0x7}, leap indicator {first >> 6}\n"
             f"offset {offset:+.6f} s from the local clock, "
             f"round-trip delay {delay:.6f} s\n"
         )

@@ -716,6 +716,25 @@ class PluginTests(SynchronousTestCase):
         self.assertEqual((server.stratum, server.referenceId), (3, b"\xc0\x00\x02\x07"))
         self.assertEqual(built["time", DatagramListener].protocol.limiter.rate, 5.0)
 
+    def test_configFile(self) -> None:
+        """
+        The config file's C{[daytime]} and C{[sntp]} tables set the same
+        options, and the command line wins.
+        """
+        path = self.mktemp()
+        with open(path, "w") as config:
+            config.write(
+                '[daytime]\nformat = "iso"\n'
+                '[sntp]\nendpoints = ["udp:0"]\nstratum = 1\nrefid = "GPS"\n'
+            )
+        options = self.parse("--config", path, "--sntp-stratum=2")
+        self.assertEqual(options["serviceOptions"]["daytime"]["format"], "iso")
+        self.assertEqual(
+            options["serviceOptions"]["sntp"],
+            {"stratum": 2, "refid": "GPS", "udp-rate": 20.0},
+        )
+        self.assertEqual(options["endpoints"]["sntp"], ["udp:0"])
+
     def test_badOptions(self) -> None:
         """
         A bad value stops start-up with a message quoting it.
