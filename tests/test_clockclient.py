@@ -268,6 +268,44 @@ class CommandTests(TestCase):
         self.assertIn("stratum 1, reference GPS, version 4, leap indicator 0\n", text)
         self.assertLessEqual(abs(offsetIn(text) - 2.5), 1)
 
+    def listenAnnouncing(self, message: bytes) -> int:
+        """
+        Listen on loopback with a stream server that sends C{message}.
+        """
+
+        class Fixed:
+            def announcement(self) -> bytes:
+                return message
+
+        port = _reactor.listenTCP(0, AnnouncingFactory(Fixed()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_notRFC868(self) -> defer.Generator:
+        """
+        A reply that is not 4 bytes is an error naming what came.
+        """
+        command, output = self.command(
+            "time", "--port", str(self.listenAnnouncing(b"12345"))
+        )
+        error = yield self.assertFailure(command.run(_reactor), ValueError)
+        self.assertIn("b'12345'", str(error))
+
+    @defer.inlineCallbacks
+    def test_unknownDaytime(self) -> defer.Generator:
+        """
+        A daytime line netd-client cannot read is printed without an offset.
+        """
+        command, output = self.command(
+            "daytime", "--port", str(self.listenAnnouncing(b"half past nine\r\n"))
+        )
+        status = yield command.run(_reactor)
+        self.assertEqual(status, 0)
+        self.assertEqual(
+            output, ["half past nine\n", "(not a ctime or RFC 3339 line: no offset)\n"]
+        )
+
     def test_badPort(self) -> None:
         """
         A port outside 1-65535 is refused.
