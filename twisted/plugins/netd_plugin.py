@@ -7,6 +7,7 @@ when netd runs, and each service imports its protocols only when built.
 
 from twisted.application.service import ServiceMaker
 
+from netd.services.clock import daytime, sntp, time
 from netd.services.echo import echo
 
 netd = ServiceMaker(
@@ -16,4 +17,4 @@ netd = ServiceMaker(
     "netd",
 )
 
-__all__ = ["netd", "echo"]
+__all__ = ["netd", "echo", "daytime", "time", "sntp"]

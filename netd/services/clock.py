@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_clock -*-
+"""
+The clock services' plugins: C{daytime} (C{--daytime},
+C{--daytime-format}), C{time} (C{--time}) and C{sntp} (C{--sntp},
+C{--sntp-stratum}, C{--sntp-refid}), each with C{--NAME-udp-rate}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.python.usage import UsageError
+
+from netd.plugin import ServicePlugin
+
+_UDP_RATE = ["udp-rate", None, 20.0, "UDP replies a second to any one source.", float]
+
+
+class _ClockService(ServicePlugin):
+    """
+    What the clock services share: a per-source limit on UDP replies.
+    """
+
+    datagram = True
+    optParameters: Any = [_UDP_RATE]
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["udp-rate"] <= 0:
+            raise UsageError(
+                f"--{self.name}-udp-rate must be positive, not {options['udp-rate']!r}"
+            )
+
+    def limiter(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        The per-source reply limit of one UDP endpoint: C{udp-rate} replies
+        a second, in bursts of up to two seconds' worth.
+        """
+        from netd.datagram import PerSourceRateLimiter
+
+        rate = options["udp-rate"]
+        return PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2)))
+
+
+class _AnnouncingService(_ClockService):
+    """
+    A service that sends one message per connection or datagram.
+    """
+
+    def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        The L{netd.clock.Announcer} that says what to send.
+        """
+        raise NotImplementedError
+
+    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        from netd.clock import AnnouncingFactory
+
+        return AnnouncingFactory(self.announcer(options, reactor))
+
+    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        from netd.clock import AnnouncingDatagramProtocol
+
+        return AnnouncingDatagramProtocol(
+            self.name,
+            self.announcer(options, reactor),
+            self.limiter(options, reactor),
+        )
+
+
+class DaytimeService(_AnnouncingService):
+    """
+    Daytime (RFC 867) over streams and UDP.
+    """
+
+    name = "daytime"
+    description = "the time as a line of text (RFC 867)"
+    defaultEndpoints = (
+        "tcp:50013:interface=127.0.0.1",
+        "udp:50013:interface=127.0.0.1",
+    )
+    optParameters = [
+        [
+            "format",
+            None,
+            "ctime",
+            "ctime: the server's local time as time.ctime() gives it (TZ "
+            "honoured); iso: RFC 3339 UTC.",
+        ],
+        _UDP_RATE,
+    ]
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        super().validate(options)
+        from netd.clock import DAYTIME_FORMATS
+
+        if options["format"] not in DAYTIME_FORMATS:
+            raise UsageError(
+                f"--daytime-format must be {' or '.join(DAYTIME_FORMATS)}, "
+                f"not {options['format']!r}"
+            )
+
+    def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        from netd.clock import DaytimeAnnouncer
+
+        return DaytimeAnnouncer(reactor, options["format"])
+
+
+class TimeService(_AnnouncingService):
+    """
+    Time (RFC 868) over streams and UDP.
+    """
+
+    name = "time"
+    description = "seconds since 1900 as 4 bytes (RFC 868, rdate's protocol)"
+    defaultEndpoints = (
+        "tcp:50037:interface=127.0.0.1",
+        "udp:50037:interface=127.0.0.1",
+    )
+
+    def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        from netd.clock import TimeAnnouncer
+
+        return TimeAnnouncer(reactor)
+
+
+class SNTPService(_ClockService):
+    """
+    An SNTPv4 server (RFC 4330) of the system clock, over UDP only.
+    """
+
+    name = "sntp"
+    description = "an SNTPv4 server of the system clock (RFC 4330; rdate -n, ntplib)"
+    defaultEndpoints = ("udp:50123:interface=127.0.0.1",)
+    stream = False
+    optParameters = [
+        [
+            "stratum",
+            None,
+            10,
+            "Stratum announced, 1-15 (10: an undisciplined local clock; "
+            "the host's NTP stratum + 1 when it is synchronised).",
+            int,
+        ],
+        [
+            "refid",
+            None,
+            "LOCL",
+            "Reference id announced: 1-4 letters (stratum 1, LOCL) or the "
+            "IPv4 address of the host's own time server.",
+        ],
+        _UDP_RATE,
+    ]
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        super().validate(options)
+        from netd.clock import parseReferenceId
+
+        if not 1 <= options["stratum"] <= 15:
+            raise UsageError(f"--sntp-stratum must be 1-15, not {options['stratum']!r}")
+        try:
+            parseReferenceId(options["refid"])
+        except ValueError as error:
+            raise UsageError(f"--sntp-refid: {error}") from None
+
+    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        from netd.clock import SNTPServerProtocol, parseReferenceId
+
+        return SNTPServerProtocol(
+            reactor,
+            self.limiter(options, reactor),
+            stratum=options["stratum"],
+            referenceId=parseReferenceId(options["refid"]),
+        )
+
+
+daytime = DaytimeService()
+time = TimeService()
+sntp = SNTPService()
