@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -239,3 +239,16 @@ class DatagramListener(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class NetdService(MultiService):
+    """
+    netd as a whole: every listener as a child; once all have started, one
+    log line says so (C{netd ready: 7 listeners}).
+    """
+
+    log = Logger()
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info("netd ready: {count} listeners", count=len(self.services))

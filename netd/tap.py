@@ -13,7 +13,6 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -21,6 +20,7 @@ from netd.config import configFlag, configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import (
     DatagramListener,
+    NetdService,
     StartupError,
     StreamListener,
     isDatagramEndpoint,
@@ -213,7 +213,7 @@ def _reportStartupErrors(previous: Any) -> Any:
     return hook
 
 
-def makeService(config: Options, reactor: Any = None) -> MultiService:
+def makeService(config: Options, reactor: Any = None) -> NetdService:
     """
     Build netd: one listener service per endpoint of every chosen service.
 
@@ -229,7 +229,7 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
-    netd = MultiService()
+    netd = NetdService()
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         factory = None

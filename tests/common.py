@@ -20,6 +20,7 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
 
+READY = b"netd ready: "
 LISTENING = re.compile(
     r"(?P<service>[\w-]+) listening on (?P<kind>TCP|UDP|UNIX) "
     r"(?:\[(?P<host6>[^\]]+)\]|(?P<host>[^:\s]+)):?(?P<port>\d+)?"
@@ -44,8 +45,9 @@ class NetdProcess(protocol.ProcessProtocol):
 
     @ivar output: everything it wrote, stdout and stderr together.
     @ivar addresses: C{(service, kind, host, port)} for each logged listener.
-    @ivar ready: fires with this object once C{listeners} addresses were
-        logged, or fails if the process ends first.
+    @ivar ready: fires with this object once netd logged that it is ready
+        and at least C{listeners} addresses, or fails if the process ends
+        first.
     @ivar ended: fires with the exit status when the process ends.
     """
 
@@ -86,7 +88,11 @@ class NetdProcess(protocol.ProcessProtocol):
                         int(match["port"] or 0),
                     )
                 )
-        if len(self.addresses) >= self.listeners and not self.ready.called:
+        if (
+            READY in self.output
+            and len(self.addresses) >= self.listeners
+            and not self.ready.called
+        ):
             self.ready.callback(self)
         self._notify()
 
@@ -132,8 +138,9 @@ def runNetd(
     timeout: float = 30,
 ) -> defer.Deferred[NetdProcess]:
     """
-    Start C{twistd -n netd ARGUMENTS} and fire once it logged C{listeners}
-    listening addresses. The process is stopped when the test ends.
+    Start C{twistd -n netd ARGUMENTS} and fire once it is ready (and logged
+    at least C{listeners} listening addresses). The process is stopped when
+    the test ends.
 
     @param testCase: the test, for its clean-up and temporary directory.
     @param path: the working directory; a fresh temporary one by default.

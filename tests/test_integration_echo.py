@@ -17,6 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.common import BIN, TWISTD, Collect, runCommand, runNetd
 
+ECHO_ONLY = ("--services", "echo", "--echo", "tcp:0:interface=127.0.0.1")
+
 
 class UDPClient(protocol.DatagramProtocol):
     """
@@ -38,10 +40,14 @@ class TwistdEchoTests(TestCase):
     @defer.inlineCallbacks
     def test_defaults(self) -> Any:
         """
-        With no options at all, netd serves echo on 127.0.0.1:50007, TCP and
-        UDP, and logs both addresses.
+        With no options at all, netd serves every service on its default
+        loopback ports, echo on 127.0.0.1:50007 TCP and UDP among them, and
+        logs each address.
         """
-        netd = yield runNetd(self, listeners=2)
+        netd = yield runNetd(self)
+        self.assertIn(("daytime", "TCP", "127.0.0.1", 50013), netd.addresses)
+        self.assertIn(("time", "UDP", "127.0.0.1", 50037), netd.addresses)
+        self.assertIn(("sntp", "UDP", "127.0.0.1", 50123), netd.addresses)
         self.assertIn(("echo", "TCP", "127.0.0.1", 50007), netd.addresses)
         self.assertIn(("echo", "UDP", "127.0.0.1", 50007), netd.addresses)
         client = Collect()
@@ -63,7 +69,7 @@ class TwistdEchoTests(TestCase):
         Each connection is logged once when it ends, with service, peer,
         outcome, bytes each way and duration.
         """
-        netd = yield runNetd(self, "--echo", "tcp:0:interface=127.0.0.1")
+        netd = yield runNetd(self, *ECHO_ONLY)
         client = Collect()
         yield connectProtocol(
             TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("echo")), client
@@ -84,9 +90,7 @@ class TwistdEchoTests(TestCase):
         A real client, C{nc -N}, sends a file and half-closes; with
         C{--echo-prefix ''} it reads back exactly what it sent.
         """
-        netd = yield runNetd(
-            self, "--echo", "tcp:0:interface=127.0.0.1", "--echo-prefix", ""
-        )
+        netd = yield runNetd(self, *ECHO_ONLY, "--echo-prefix", "")
         data = os.urandom(200_000)
         out, err, code = yield runCommand(
             "nc", "-N", "127.0.0.1", str(netd.port("echo")), stdin=data
@@ -99,7 +103,7 @@ class TwistdEchoTests(TestCase):
         """
         C{netd-client echo} does one lock-step exchange per word.
         """
-        netd = yield runNetd(self, "--echo", "tcp:0:interface=127.0.0.1")
+        netd = yield runNetd(self, *ECHO_ONLY)
         out, err, code = yield runCommand(
             os.path.join(BIN, "netd-client"),
             "echo",
@@ -119,7 +123,7 @@ class TwistdEchoTests(TestCase):
         C{netd-client load echo} drives concurrent clients and reports rates
         and latencies.
         """
-        netd = yield runNetd(self, "--echo", "tcp:0:interface=127.0.0.1")
+        netd = yield runNetd(self, *ECHO_ONLY)
         out, err, code = yield runCommand(
             os.path.join(BIN, "netd-client"),
             "load",
