@@ -9,21 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides
 
 from netd.listeners import describeAddress
+from netd.wrappers import PassThroughWrapper
 
 
-class LoggedConnection(ProtocolWrapper):
+class LoggedConnection(PassThroughWrapper):
     """
-    Count a connection's bytes both ways and log them when it ends.
-
-    Half-closes pass through to a wrapped protocol that accepts them
-    (Twisted's own L{ProtocolWrapper} would close the whole connection).
+    Count a connection's bytes both ways and log them when it ends, with
+    the subject of the client's certificate when TLS verified one.
     """
 
     log = Logger()
@@ -33,18 +30,17 @@ class LoggedConnection(ProtocolWrapper):
     bytesIn = 0
     bytesOut = 0
     started = 0.0
+    subject: str | None = None
 
     def makeConnection(self, transport: Any) -> None:
         self.started = self.factory.clock.seconds()
         super().makeConnection(transport)
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
 
-    def readConnectionLost(self) -> None:
-        self.wrappedProtocol.readConnectionLost()
+    def handshakeCompleted(self) -> None:
+        from netd.tls import peerSubject
 
-    def writeConnectionLost(self) -> None:
-        self.wrappedProtocol.writeConnectionLost()
+        self.subject = peerSubject(self.transport)
+        super().handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
@@ -62,10 +58,12 @@ class LoggedConnection(ProtocolWrapper):
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         self.log.info(
-            "{service} {peer} {outcome}: {bytesIn} bytes in, {bytesOut} bytes out, "
-            "{duration:.3f}s",
+            "{service} {peer}{certificate} {outcome}: {bytesIn} bytes in, "
+            "{bytesOut} bytes out, {duration:.3f}s",
             service=self.factory.serviceName,
             peer=describeAddress(self.getPeer()),
+            certificate="" if self.subject is None else f" ({self.subject})",
+            subject=self.subject,
             outcome=(
                 "closed" if reason.check(ConnectionDone) else reason.getErrorMessage()
             ),
