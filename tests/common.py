@@ -240,14 +240,14 @@ class Certificates:
         A C{tls:} endpoint description serving the server certificate,
         requiring a client certificate from the CA when C{clientCA}.
         """
-        from twisted.internet.endpoints import quoteStringArgument as quote
+        from twisted.internet.endpoints import quoteStringArgument
 
         description = (
-            f"tls:{port}:privateKey={quote(self.serverKey)}"
-            f":certKey={quote(self.serverCert)}:interface={quote(interface)}"
+            f"tls:{port}:privateKey={quoteStringArgument(self.serverKey)}"
+            f":certKey={quoteStringArgument(self.serverCert)}:interface={quoteStringArgument(interface)}"
         )
         if clientCA:
-            description += f":clientCA={quote(self.ca)}"
+            description += f":clientCA={quoteStringArgument(self.ca)}"
         return description
 
 
