@@ -267,9 +267,12 @@ class CollectUntilClosed(protocol.Protocol):
     @ivar closed: fires with the bytes received once the connection ends.
     """
 
-    def __init__(self, send: bytes = b"", halfClose: bool = True) -> None:
+    def __init__(
+        self, send: bytes = b"", halfClose: bool = True, until: int | None = None
+    ) -> None:
         self.send = send
         self.halfClose = halfClose
+        self.until = until
         self.received = b""
         self.closed: defer.Deferred[bytes] = defer.Deferred()
 
@@ -281,6 +284,8 @@ class CollectUntilClosed(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.until is not None and len(self.received) >= self.until:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
         self.closed.callback(self.received)
@@ -288,16 +293,19 @@ class CollectUntilClosed(protocol.Protocol):
 
 @defer.inlineCallbacks
 def exchange(
-    endpoint: Any, send: bytes = b"", halfClose: bool = True
+    endpoint: Any, send: bytes = b"", until: int | None = None
 ) -> defer.Generator:
     """
     Connect with C{endpoint} (plain, or L{netd.tls.clientEndpoint} for a
-    verified TLS connection), send C{send}, half-close, and return what
-    the server sent until it closed.
+    verified TLS connection), send C{send}, and return what the server sent
+    until it closed, or until C{until} bytes came.
+
+    Without C{until}, the client half-closes after sending (over plain TCP;
+    TLS has no half-close, so there the server must close by itself).
     """
     from twisted.internet.endpoints import connectProtocol
 
-    client = CollectUntilClosed(send, halfClose)
+    client = CollectUntilClosed(send, until is None, until)
     yield connectProtocol(endpoint, client)
     received = yield client.closed
     return received
