@@ -8,8 +8,8 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl
-SYSTEM_PACKAGES := netcat-openbsd openssl
+SYSTEM_COMMANDS := nc openssl haproxy
+SYSTEM_PACKAGES := netcat-openbsd openssl haproxy
 
 .PHONY: run test trial lint sysdeps bench clean
 

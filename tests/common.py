@@ -204,6 +204,7 @@ class Certificates:
     def __init__(self, directory: str) -> None:
         import trustme
 
+        directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.authority = trustme.CA()
