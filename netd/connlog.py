@@ -64,9 +64,7 @@ class LoggedConnection(PassThroughWrapper):
             peer=describeAddress(self.getPeer()),
             certificate="" if self.subject is None else f" ({self.subject})",
             subject=self.subject,
-            outcome=(
-                "closed" if reason.check(ConnectionDone) else reason.getErrorMessage()
-            ),
+            outcome=_outcome(reason),
             bytesIn=self.bytesIn,
             bytesOut=self.bytesOut,
             duration=self.factory.clock.seconds() - self.started,
@@ -93,3 +91,17 @@ class ConnectionLoggingFactory(WrappingFactory):
 
     def logPrefix(self) -> str:
         return self.serviceName
+
+
+def _outcome(reason: Failure) -> str:
+    """
+    How a connection ended, in a few words: C{closed}, or the error (TLS
+    errors by OpenSSL's reasons, C{TLS: peer did not return a certificate}).
+    """
+    if reason.check(ConnectionDone):
+        return "closed"
+    if type(reason.value).__module__ == "OpenSSL.SSL":
+        from netd.tls import describeOpenSSLError
+
+        return f"TLS: {describeOpenSSLError(reason.value)}"
+    return reason.getErrorMessage()

@@ -139,17 +139,11 @@ class Options(usage.Options):
         self["deny"] = []
 
     def opt_allow(self, cidr: str) -> None:
-        """
-        Only clients in this address range may connect (repeatable; IPv4 or
-        IPv6, e.g. 10.0.0.0/8 or ::1) [default: any]
-        """
+        """Only clients in this range may connect (repeatable; e.g. 10.0.0.0/8, ::1)"""
         self["allow"].append(cidr)
 
     def opt_deny(self, cidr: str) -> None:
-        """
-        Clients in this address range may not connect, even if allowed
-        (repeatable)
-        """
+        """Clients in this range may not connect, even if allowed (repeatable)"""
         self["deny"].append(cidr)
 
     def postOptions(self) -> None:
