@@ -351,3 +351,27 @@ def opensslClient(
         *options,
         stdin=stdin,
     )
+
+
+def waitForOutput(
+    netd: NetdProcess, text: str, count: int = 1, timeout: float = 10
+) -> defer.Deferred[str]:
+    """
+    Fire with netd's output once C{text} occurs C{count} times in it (a log
+    line written when a connection ends, say).
+    """
+    found: defer.Deferred[str] = defer.Deferred()
+    received = netd.outReceived
+
+    def check() -> None:
+        output = netd.output.decode("utf-8", "replace")
+        if not found.called and output.count(text) >= count:
+            found.callback(output)
+
+    def outReceived(data: bytes) -> None:
+        received(data)
+        check()
+
+    netd.outReceived = netd.errReceived = outReceived  # type: ignore[method-assign]
+    check()
+    return found.addTimeout(timeout, _reactor)

@@ -15,7 +15,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
-from tests.common import exchange, runNetd
+from tests.common import exchange, runNetd, waitForOutput
 
 HAPROXY_CONFIG = """\
 defaults
@@ -125,7 +125,7 @@ class HAProxyTests(TestCase):
             )
             received = yield exchange(denied, b"hello")
             self.assertEqual(received, b"")
-        log = netd.output.decode()
+        log = yield waitForOutput(netd, "bytes in", 2)
         self.assertEqual(log.count("echo refused TCP 127.0.0.2:"), 2, log)
         self.assertEqual(log.count("denied by 127.0.0.2/32"), 2, log)
         served = [

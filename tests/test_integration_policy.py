@@ -1,0 +1,144 @@
+"""
+End-to-end, for every installed stream service at once (whatever plugins
+are installed, so new services are covered without a change here): each is
+served over verified TLS, refuses denied clients before speaking, and
+closes idle connections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet import reactor as _reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.trial.unittest import TestCase
+
+from netd.plugin import discoverServices
+from tests.common import (
+    CollectUntilClosed,
+    exchange,
+    makeCertificates,
+    runNetd,
+    tlsClientEndpoint,
+    waitForOutput,
+)
+
+
+def streamServices() -> list[Any]:
+    """
+    Every installed service that speaks over streams.
+    """
+    return [service for service in discoverServices() if service.stream]
+
+
+def serveAll(*endpointAndOptions: str) -> list[str]:
+    """
+    Arguments for netd serving every stream service on one endpoint each.
+    """
+    names = [service.name for service in streamServices()]
+    arguments = ["--services", ",".join(names)]
+    for name in names:
+        arguments += [f"--{name}", endpointAndOptions[0]]
+    return arguments + list(endpointAndOptions[1:])
+
+
+class EveryServiceTests(TestCase):
+    """
+    The tap's TLS and policy hold for every stream service.
+    """
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> defer.Generator:
+        """
+        Every stream service on a mutual-TLS endpoint: a verifying client
+        with a certificate completes the handshake, and netd logs the
+        connection with the client's subject.
+        """
+        certs = makeCertificates(self)
+        services = streamServices()
+        netd = yield runNetd(
+            self,
+            *serveAll(certs.endpoint(clientCA=True), "--idle-timeout", "1"),
+            listeners=len(services),
+        )
+        for service in services:
+            client = CollectUntilClosed(halfClose=False)
+            endpoint = tlsClientEndpoint(certs, netd.port(service.name), client=True)
+            yield endpoint.connect(_Once(client))
+            self.assertIsNotNone(client.transport.getPeerCertificate())
+            yield client.closed
+        log = yield waitForOutput(netd, "(CN=netd test client", len(services))
+        for service in services:
+            self.assertIn(f"{service.name} TCP 127.0.0.1:", log)
+
+    @defer.inlineCallbacks
+    def test_denied(self) -> defer.Generator:
+        """
+        Every stream service refuses a denied client (IPv4 and IPv6)
+        before sending it a byte, and logs why.
+        """
+        services = streamServices()
+        netd = yield runNetd(
+            self,
+            *serveAll("tcp:0:interface=127.0.0.1", "--deny", "127.0.0.1"),
+            listeners=len(services),
+        )
+        for service in services:
+            endpoint = TCP4ClientEndpoint(
+                _reactor, "127.0.0.1", netd.port(service.name)
+            )
+            self.assertEqual((yield exchange(endpoint, b"x\n")), b"")
+        yield waitForOutput(netd, "denied by 127.0.0.1/32", len(services))
+
+    @defer.inlineCallbacks
+    def test_deniedIPv6(self) -> defer.Generator:
+        """
+        The same for ::1 on IPv6 listeners.
+        """
+        services = streamServices()
+        netd = yield runNetd(
+            self,
+            *serveAll("tcp6:0:interface=\\:\\:1", "--allow", "10.0.0.0/8"),
+            listeners=len(services),
+        )
+        for service in services:
+            endpoint = TCP6ClientEndpoint(_reactor, "::1", netd.port(service.name))
+            self.assertEqual((yield exchange(endpoint, b"x\n")), b"")
+        yield waitForOutput(netd, "not in any allowed range", len(services))
+
+    @defer.inlineCallbacks
+    def test_idle(self) -> defer.Generator:
+        """
+        A client of any stream service that sends nothing and never
+        half-closes is disconnected by the server.
+        """
+        services = streamServices()
+        netd = yield runNetd(
+            self,
+            *serveAll("tcp:0:interface=127.0.0.1", "--idle-timeout", "0.5"),
+            listeners=len(services),
+        )
+        for service in services:
+            endpoint = TCP4ClientEndpoint(
+                _reactor, "127.0.0.1", netd.port(service.name)
+            )
+            yield exchange(endpoint, b"", until=1 << 30)
+
+
+class _Once:
+    """
+    A factory that hands out one given protocol.
+    """
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def doStart(self) -> None:
+        pass
+
+    def doStop(self) -> None:
+        pass
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.protocol
