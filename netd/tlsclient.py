@@ -29,10 +29,10 @@ def describeHandshakeFailure(failure: Failure, where: str) -> str:
 
     error = failure.value
     if isinstance(error, VerificationError):
-        names = ", ".join(
-            str(getattr(problem, "mismatched_id", problem)) for problem in error.errors
+        return (
+            f"the certificate of {where} is not valid for that host name or "
+            "address (a name mismatch)"
         )
-        return f"the certificate of {where} is not valid for {names}"
     if isinstance(error, Error):
         return f"TLS with {where} failed: {describeOpenSSLError(error)}"
     return f"TLS with {where} failed: {failure.getErrorMessage()}"

@@ -375,3 +375,20 @@ def waitForOutput(
     netd.outReceived = netd.errReceived = outReceived  # type: ignore[method-assign]
     check()
     return found.addTimeout(timeout, _reactor)
+
+
+def refusedExchange(
+    endpoint: Any, send: bytes = b"", until: int | None = None
+) -> defer.Deferred[bytes]:
+    """
+    L{exchange} with a server expected to refuse: a connection reset
+    before the connect completed (netd aborts refused clients at once)
+    counts as receiving nothing.
+    """
+    from twisted.internet.error import ConnectError
+
+    def reset(failure: Any) -> bytes:
+        failure.trap(ConnectError)
+        return b""
+
+    return exchange(endpoint, send, until).addErrback(reset)

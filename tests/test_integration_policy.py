@@ -19,6 +19,7 @@ from tests.common import (
     CollectUntilClosed,
     exchange,
     makeCertificates,
+    refusedExchange,
     runNetd,
     tlsClientEndpoint,
     waitForOutput,
@@ -88,7 +89,7 @@ class EveryServiceTests(TestCase):
             endpoint = TCP4ClientEndpoint(
                 _reactor, "127.0.0.1", netd.port(service.name)
             )
-            self.assertEqual((yield exchange(endpoint, b"x\n")), b"")
+            self.assertEqual((yield refusedExchange(endpoint, b"x\n")), b"")
         yield waitForOutput(netd, "denied by 127.0.0.1/32", len(services))
 
     @defer.inlineCallbacks
@@ -104,7 +105,7 @@ class EveryServiceTests(TestCase):
         )
         for service in services:
             endpoint = TCP6ClientEndpoint(_reactor, "::1", netd.port(service.name))
-            self.assertEqual((yield exchange(endpoint, b"x\n")), b"")
+            self.assertEqual((yield refusedExchange(endpoint, b"x\n")), b"")
         yield waitForOutput(netd, "not in any allowed range", len(services))
 
     @defer.inlineCallbacks

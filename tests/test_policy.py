@@ -31,7 +31,7 @@ from netd.policy import (
     parseNetwork,
     servicePolicies,
 )
-from tests.common import exchange
+from tests.common import exchange, refusedExchange
 
 
 def settings(**values: Any) -> PolicySettings:
@@ -360,7 +360,7 @@ class LoopbackTests(TestCase):
         endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", port)
         self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
         policy.update(settings(allow=["127.0.0.0/8"], deny=["127.0.0.1/32"]))
-        self.assertEqual((yield exchange(endpoint, b"hi")), b"")
+        self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
 
     @defer.inlineCallbacks
     def test_ipv6(self) -> defer.Generator:
@@ -371,7 +371,7 @@ class LoopbackTests(TestCase):
         policy = Policy(settings(allow=["127.0.0.0/8"]))
         port = self.listen(policy, "::1")
         endpoint = TCP6ClientEndpoint(_reactor, "::1", port)
-        self.assertEqual((yield exchange(endpoint, b"hi")), b"")
+        self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
         policy.update(settings(allow=["::1/128"]))
         self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
 
