@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
 from netd.plugin import discoverServices
@@ -143,3 +144,50 @@ class _Once:
 
     def buildProtocol(self, addr: Any) -> Any:
         return self.protocol
+
+
+class Datagrams(DatagramProtocol):
+    """
+    Remember every datagram received; C{arrived} fires at the first.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.arrived: defer.Deferred[bytes] = defer.Deferred()
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.received.append(data)
+        if not self.arrived.called:
+            self.arrived.callback(data)
+
+
+class DatagramPolicyTests(TestCase):
+    """
+    Allow and deny hold for UDP services.
+    """
+
+    def bound(self, host: str) -> Datagrams:
+        protocol = Datagrams()
+        port = _reactor.listenUDP(0, protocol, interface=host)
+        self.addCleanup(port.stopListening)
+        return protocol
+
+    @defer.inlineCallbacks
+    def test_udpDenied(self) -> defer.Generator:
+        """
+        A datagram from a denied source gets no answer, while one sent
+        after it from an allowed source does.
+        """
+        netd = yield runNetd(
+            self,
+            "--services", "echo", "--echo", "udp:0:interface=127.0.0.1",
+            "--deny", "127.0.0.2",
+        )  # fmt: skip
+        server = ("127.0.0.1", netd.port("echo", "UDP"))
+        denied, allowed = self.bound("127.0.0.2"), self.bound("127.0.0.1")
+        denied.transport.write(b"denied", server)
+        allowed.transport.write(b"allowed", server)
+        self.assertEqual((yield allowed.arrived), b"Echo=>allowed")
+        # A reply to the earlier datagram would have been sent first.
+        yield task.deferLater(_reactor, 0, lambda: None)
+        self.assertEqual(denied.received, [])
