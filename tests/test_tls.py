@@ -402,3 +402,64 @@ class ReloadCertificatesTests(SynchronousTestCase):
         errors = reloadCertificates(root)
         self.assertEqual(len(errors), 2)
         self.assertIn("cannot read certificate", errors[0])
+
+
+class HandshakeTimeoutTests(TestCase):
+    """
+    The verifying client gives up on a server that never answers TLS.
+    """
+
+    @defer.inlineCallbacks
+    def test_silentServer(self) -> defer.Generator:
+        """
+        A server that accepts but never completes a handshake fails the
+        connect with a L{TLSError} once the timeout passes.
+        """
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.protocol import Factory
+        from twisted.internet.ssl import optionsForClientTLS
+        from twisted.internet.task import Clock
+
+        from netd.tls import VerifiedTLSEndpoint
+
+        connected: defer.Deferred[None] = defer.Deferred()
+
+        class Client(Factory):
+            def buildProtocol(self, addr: Any) -> Protocol:
+                # Built as TCP connects; connected a moment later.
+                _reactor.callLater(0, connected.callback, None)
+                return Protocol()
+
+        port = _reactor.listenTCP(
+            0, Factory.forProtocol(Protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        clock = Clock()
+        endpoint = VerifiedTLSEndpoint(
+            wrapClientTLS(
+                optionsForClientTLS("127.0.0.1"),
+                HostnameEndpoint(_reactor, "127.0.0.1", port.getHost().port),
+            ),
+            clock,
+            "127.0.0.1",
+            5.0,
+        )
+        connecting = endpoint.connect(Client())
+        yield connected
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(5.0)
+        with self.assertRaises(TLSError) as caught:
+            yield connecting
+        self.assertIn("timed out", str(caught.exception))
+
+    def test_twistedForm(self) -> None:
+        """
+        Twisted's own C{tls:DIRECTORY:port=N} form still works through
+        netd's parser.
+        """
+        certs = makeCertificates(self)
+        endpoint = parseTLSEndpoint(
+            MemoryReactorClock(), f"tls:{certs.directory}:port=0"
+        )
+        self.assertNotIsInstance(endpoint, TLSServerEndpoint)
+        self.assertTrue(callable(endpoint.listen))
