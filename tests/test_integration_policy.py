@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
 from twisted.internet.protocol import DatagramProtocol
 from twisted.trial.unittest import TestCase
 
@@ -75,39 +75,47 @@ class EveryServiceTests(TestCase):
             self.assertIn(f"{service.name} TCP 127.0.0.1:", log)
 
     @defer.inlineCallbacks
-    def test_denied(self) -> defer.Generator:
+    def assertAllRefused(
+        self, endpoint: str, option: str, cidr: str, host: str, why: str
+    ) -> defer.Generator:
         """
-        Every stream service refuses a denied client (IPv4 and IPv6)
-        before sending it a byte, and logs why.
+        Serve every stream service on C{endpoint} with C{option cidr}, and
+        check that a client from C{host} gets no byte from any of them, and
+        that netd logs C{why} for each.
         """
         services = streamServices()
         netd = yield runNetd(
-            self,
-            *serveAll("tcp:0:interface=127.0.0.1", "--deny", "127.0.0.1"),
-            listeners=len(services),
+            self, *serveAll(endpoint, option, cidr), listeners=len(services)
         )
         for service in services:
-            endpoint = TCP4ClientEndpoint(
-                _reactor, "127.0.0.1", netd.port(service.name)
-            )
-            self.assertEqual((yield refusedExchange(endpoint, b"x\n")), b"")
-        yield waitForOutput(netd, "denied by 127.0.0.1/32", len(services))
+            client = HostnameEndpoint(_reactor, host, netd.port(service.name))
+            self.assertEqual((yield refusedExchange(client, b"x\n")), b"")
+        yield waitForOutput(netd, why, len(services))
 
-    @defer.inlineCallbacks
-    def test_deniedIPv6(self) -> defer.Generator:
+    def test_denied(self) -> defer.Deferred[None]:
         """
-        The same for ::1 on IPv6 listeners.
+        Every stream service refuses a denied IPv4 client before sending it
+        a byte, and logs why.
         """
-        services = streamServices()
-        netd = yield runNetd(
-            self,
-            *serveAll("tcp6:0:interface=\\:\\:1", "--allow", "10.0.0.0/8"),
-            listeners=len(services),
+        return self.assertAllRefused(
+            "tcp:0:interface=127.0.0.1",
+            "--deny",
+            "127.0.0.1",
+            "127.0.0.1",
+            "denied by 127.0.0.1/32",
         )
-        for service in services:
-            endpoint = TCP6ClientEndpoint(_reactor, "::1", netd.port(service.name))
-            self.assertEqual((yield refusedExchange(endpoint, b"x\n")), b"")
-        yield waitForOutput(netd, "not in any allowed range", len(services))
+
+    def test_notAllowedIPv6(self) -> defer.Deferred[None]:
+        """
+        Every stream service refuses ::1 when only an IPv4 range is allowed.
+        """
+        return self.assertAllRefused(
+            "tcp6:0:interface=\\:\\:1",
+            "--allow",
+            "10.0.0.0/8",
+            "::1",
+            "not in any allowed range",
+        )
 
     @defer.inlineCallbacks
     def test_idle(self) -> defer.Generator:
