@@ -8,8 +8,8 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl rdate
-SYSTEM_PACKAGES := netcat-openbsd openssl rdate
+SYSTEM_COMMANDS := nc openssl rdate haproxy
+SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy
 
 .PHONY: run test trial lint sysdeps bench clean
 

@@ -34,18 +34,52 @@ class ClientCommand(usage.Options):
         ["host", "H", "127.0.0.1", "The server's host name or address."],
         ["port", "p", None, "The server's port [default: the service's].", int],
         ["timeout", None, 30.0, "Seconds to wait for the server.", float],
+        [
+            "ca",
+            None,
+            None,
+            "With --tls: trust these CAs (PEM) [default: the system's].",
+        ],
+        ["cert", None, None, "With --tls: present this client certificate (PEM)."],
+        [
+            "key",
+            None,
+            None,
+            "With --tls: the client certificate's key [default: --cert].",
+        ],
     ]
+    optFlags = [["tls", None, "Connect with TLS, verifying the server's name."]]
 
     def postOptions(self) -> None:
         if self["port"] is None:
             self["port"] = self.defaultPort
         if not 0 < self["port"] < 65536:
             raise usage.UsageError(f"--port must be 1-65535, not {self['port']!r}")
+        for name in ("ca", "cert", "key"):
+            if self[name] is not None and not self["tls"]:
+                raise usage.UsageError(
+                    f"--{name} needs --tls, not {self[name]!r} alone"
+                )
+        if self["key"] is not None and self["cert"] is None:
+            raise usage.UsageError(f"--key needs --cert, not {self['key']!r} alone")
 
     def endpoint(self, reactor: Any) -> Any:
         """
-        The client endpoint to reach the server with.
+        The client endpoint to reach the server with; with C{--tls}, one
+        that verifies the server (L{netd.tls.clientEndpoint}).
         """
+        if self["tls"]:
+            from netd.tls import clientEndpoint
+
+            return clientEndpoint(
+                reactor,
+                self["host"],
+                self["port"],
+                ca=self["ca"],
+                cert=self["cert"],
+                key=self["key"],
+                timeout=self["timeout"],
+            )
         return HostnameEndpoint(
             reactor, self["host"], self["port"], timeout=self["timeout"]
         )

@@ -2,36 +2,25 @@
 """
 One log event per connection: service, peer, outcome, bytes and duration,
 in the spirit of the book's C{Server connected by ... at ...} line.
-
-The wrapper sees every write of every service, so it is also where netd
-writes eagerly: on a plain TCP transport with nothing queued, a reply goes
-to the socket at once, as asyncio's transports do, instead of being queued
-until the reactor reports the socket writable. That saves two C{epoll_ctl}
-calls and a trip through the reactor per reply (Twisted's C{write} always
-queues), which is most of the cost of a small lock-step exchange.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from zope.interface import alsoProvides
 
 from netd.listeners import describeAddress
+from netd.wrappers import PassThroughWrapper
 
 
-class LoggedConnection(ProtocolWrapper):
+class LoggedConnection(PassThroughWrapper):
     """
-    Count a connection's bytes both ways and log them when it ends.
-
-    Half-closes pass through to a wrapped protocol that accepts them
-    (Twisted's own L{ProtocolWrapper} would close the whole connection).
+    Count a connection's bytes both ways and log them when it ends, with
+    the subject of the client's certificate when TLS verified one.
     """
 
     log = Logger()
@@ -41,21 +30,17 @@ class LoggedConnection(ProtocolWrapper):
     bytesIn = 0
     bytesOut = 0
     started = 0.0
-    _socket: Any = None
+    subject: str | None = None
 
     def makeConnection(self, transport: Any) -> None:
         self.started = self.factory.clock.seconds()
         super().makeConnection(transport)
-        if type(transport) is tcp.Server:
-            self._socket = transport.socket
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
 
-    def readConnectionLost(self) -> None:
-        self.wrappedProtocol.readConnectionLost()
+    def handshakeCompleted(self) -> None:
+        from netd.tls import peerSubject
 
-    def writeConnectionLost(self) -> None:
-        self.wrappedProtocol.writeConnectionLost()
+        self.subject = peerSubject(self.transport)
+        super().handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:
         self.bytesIn += len(data)
@@ -63,46 +48,18 @@ class LoggedConnection(ProtocolWrapper):
 
     def write(self, data: bytes) -> None:
         self.bytesOut += len(data)
-        if self._socket is not None:
-            data = self._writeEagerly(data)
-            if not data:
-                return
-        self.transport.write(data)
-
-    def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
-
-    def _writeEagerly(self, data: bytes) -> bytes:
-        """
-        Send what the kernel takes now, if nothing is queued before it.
-
-        @return: what is left for the transport to queue.
-        """
-        transport = self.transport
-        if (
-            transport._tempDataBuffer
-            or len(transport.dataBuffer) > transport.offset
-            or transport.disconnecting
-            or not transport.connected
-        ):
-            return data
-        try:
-            sent = self._socket.send(data)
-        except OSError:
-            # EAGAIN, or an error the transport will find and report itself.
-            return data
-        return data[sent:]
+        super().write(data)
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         self.log.info(
-            "{service} {peer} {outcome}: {bytesIn} bytes in, {bytesOut} bytes out, "
-            "{duration:.3f}s",
+            "{service} {peer}{certificate} {outcome}: {bytesIn} bytes in, "
+            "{bytesOut} bytes out, {duration:.3f}s",
             service=self.factory.serviceName,
             peer=describeAddress(self.getPeer()),
-            outcome=(
-                "closed" if reason.check(ConnectionDone) else reason.getErrorMessage()
-            ),
+            certificate="" if self.subject is None else f" ({self.subject})",
+            subject=self.subject,
+            outcome=_outcome(reason),
             bytesIn=self.bytesIn,
             bytesOut=self.bytesOut,
             duration=self.factory.clock.seconds() - self.started,
@@ -129,3 +86,17 @@ class ConnectionLoggingFactory(WrappingFactory):
 
     def logPrefix(self) -> str:
         return self.serviceName
+
+
+def _outcome(reason: Failure) -> str:
+    """
+    How a connection ended, in a few words: C{closed}, or the error (TLS
+    errors by OpenSSL's reasons, C{TLS: peer did not return a certificate}).
+    """
+    if reason.check(ConnectionDone):
+        return "closed"
+    if type(reason.value).__module__ == "OpenSSL.SSL":
+        from netd.tls import describeOpenSSLError
+
+        return f"TLS: {describeOpenSSLError(reason.value)}"
+    return reason.getErrorMessage()

@@ -27,8 +27,19 @@ from netd.listeners import (
     parseDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
+from netd.policy import (
+    PolicedDatagramProtocol,
+    Policy,
+    PolicyFactory,
+    PolicySettings,
+    parseNetwork,
+)
 
-_GLOBAL_KEYS = frozenset({"services"})
+#: The access policy's keys: global options, and keys of every service's
+#: table in the config file (see L{netd.policy.PolicySettings}).
+POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
+_POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
+_GLOBAL_KEYS = frozenset({"services", *POLICY_KEYS})
 
 
 def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
@@ -68,6 +79,30 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Read options from this TOML file."],
         ["services", None, None, "Comma-separated services to run [default: all]."],
+        [
+            "max-connections",
+            None,
+            None,
+            "Most connections open at once to each service, 0 for no limit "
+            f"[default: {_POLICY_DEFAULTS['max-connections']}].",
+            int,
+        ],
+        [
+            "max-per-source",
+            None,
+            None,
+            "Most connections open at once to each service from one client "
+            "address, 0 for no limit [default: 0].",
+            int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            None,
+            "Close a connection after this many seconds without a byte either "
+            f"way, 0 for never [default: {_POLICY_DEFAULTS['idle-timeout']}].",
+            float,
+        ],
     ]
 
     def __new__(cls, services: Iterable[INetdService] | None = None) -> Options:
@@ -100,6 +135,16 @@ class Options(usage.Options):
     def __init__(self, services: Iterable[INetdService] | None = None) -> None:
         super().__init__()
         self["endpoints"] = {service.name: [] for service in self.available}
+        self["allow"] = []
+        self["deny"] = []
+
+    def opt_allow(self, cidr: str) -> None:
+        """Only clients in this range may connect (repeatable; e.g. 10.0.0.0/8, ::1)"""
+        self["allow"].append(cidr)
+
+    def opt_deny(self, cidr: str) -> None:
+        """Clients in this range may not connect, even if allowed (repeatable)"""
+        self["deny"].append(cidr)
 
     def postOptions(self) -> None:
         """
@@ -117,11 +162,51 @@ class Options(usage.Options):
         chosen = self._chosenServices(fileConfig, byName)
         self["services"] = chosen
         self["serviceOptions"] = {}
+        self["policies"] = {}
         for service in chosen:
             table = fileConfig.get(service.name, {})
             self["endpoints"][service.name] = self._endpoints(service, table)
             self["serviceOptions"][service.name] = self._serviceOptions(service, table)
             service.validate(self["serviceOptions"][service.name])
+            self["policies"][service.name] = self._policySettings(
+                service.name, table, fileConfig
+            )
+
+    def _policySettings(
+        self, serviceName: str, table: dict[str, Any], fileConfig: dict[str, Any]
+    ) -> PolicySettings:
+        """
+        A service's access policy. Deny ranges add up from the command line,
+        the service's table and the file's top level; every other key takes
+        the first of those that sets it.
+        """
+        levels = [("", fileConfig), (f"{serviceName}.", table)]
+        values: dict[str, Any] = {}
+        for key in ("max-connections", "max-per-source", "idle-timeout"):
+            coerce = float if key == "idle-timeout" else int
+            value = self[key]
+            for prefix, level in reversed(levels):
+                if value is None and key in level:
+                    value = configValue(prefix + key, level[key], coerce)
+            value = _POLICY_DEFAULTS[key] if value is None else value
+            if value < 0:
+                raise usage.UsageError(f"{key} must not be negative, not {value!r}")
+            values[key] = value
+        allow = self["allow"]
+        for prefix, level in reversed(levels):
+            if not allow and "allow" in level:
+                allow = configStrings(prefix + "allow", level["allow"])
+        deny = list(self["deny"])
+        for prefix, level in levels:
+            if "deny" in level:
+                deny += configStrings(prefix + "deny", level["deny"])
+        return PolicySettings(
+            allow=tuple(_networks("allow", allow)),
+            deny=tuple(_networks("deny", deny)),
+            maxConnections=values["max-connections"],
+            maxPerSource=values["max-per-source"],
+            idleTimeout=values["idle-timeout"],
+        )
 
     def _chosenServices(
         self, fileConfig: dict[str, Any], byName: dict[str, INetdService]
@@ -161,7 +246,7 @@ class Options(usage.Options):
     def _serviceOptions(
         self, service: INetdService, table: dict[str, Any]
     ) -> dict[str, Any]:
-        known = {"endpoints"}
+        known = {"endpoints", *POLICY_KEYS}
         options: dict[str, Any] = {}
         for name, _short, default, _doc, coerce in _padded(service.optParameters, 5):
             known.add(name)
@@ -181,6 +266,13 @@ class Options(usage.Options):
                     f"unknown key {service.name}.{key!r} in the config file"
                 )
         return options
+
+
+def _networks(option: str, ranges: list[str]) -> list[Any]:
+    try:
+        return [parseNetwork(text) for text in ranges]
+    except ValueError as error:
+        raise usage.UsageError(f"--{option}: {error}") from None
 
 
 def _padded(rows: Iterable[Iterable[Any]], width: int) -> list[list[Any]]:
@@ -232,17 +324,27 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
     netd = NetdService()
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
+        policy = Policy(config["policies"][service.name])
         factory = None
         for description in config["endpoints"][service.name]:
             if isDatagramEndpoint(description):
-                protocol = service.makeDatagramProtocol(options, reactor)
+                protocol = PolicedDatagramProtocol(
+                    service.name,
+                    service.makeDatagramProtocol(options, reactor),
+                    policy,
+                )
                 listener: Any = DatagramListener(
                     service.name, description, reactor, protocol
                 )
             else:
                 if factory is None:
-                    factory = ConnectionLoggingFactory(
-                        service.name, service.makeFactory(options, reactor), reactor
+                    factory = PolicyFactory(
+                        service.name,
+                        ConnectionLoggingFactory(
+                            service.name, service.makeFactory(options, reactor), reactor
+                        ),
+                        policy,
+                        reactor,
                     )
                 listener = StreamListener(
                     service.name,
@@ -255,8 +357,26 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
 
 
 def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
+    """
+    Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
+    reader (L{netd.proxyheader}), which hands the service the real client,
+    and C{tls:} is always netd's (Twisted registers a C{tls:} of its own).
+    """
+    kind, _, inner = description.partition(":")
     try:
+        if kind.lower() == "haproxy":
+            from netd.proxyheader import ProxiedEndpoint
+
+            return ProxiedEndpoint(
+                _streamEndpoint(serviceName, inner, reactor), reactor
+            )
+        if kind.lower() == "tls":
+            from netd.tls import parseTLSEndpoint
+
+            return parseTLSEndpoint(reactor, description)
         return serverFromString(reactor, description)
+    except StartupError:
+        raise
     except Exception as error:
         raise StartupError(
             f"{serviceName}: bad endpoint {description!r}: {error}"

@@ -217,19 +217,101 @@ def runCommand(
     return collect.done
 
 
-class Collect(protocol.Protocol):
+class Certificates:
     """
-    A client that collects everything the server sends until it closes.
+    PEM files made by C{trustme} for TLS tests: a CA, a server certificate
+    for C{localhost}, C{127.0.0.1} and C{::1}, a client certificate, and a
+    client certificate from another CA (C{strangerCert}/C{strangerKey}).
 
-    @ivar closed: fires with all the bytes received when the connection ends.
+    @ivar directory: where the files are.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: str) -> None:
+        import trustme
+
+        directory = os.path.abspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.authority = trustme.CA()
+        server = self.authority.issue_cert("localhost", "127.0.0.1", "::1")
+        client = self.authority.issue_cert(
+            "client.example", common_name="netd test client"
+        )
+        stranger = trustme.CA().issue_cert("client.example", common_name="stranger")
+        self.ca = self.write("ca.pem", self.authority.cert_pem.bytes())
+        self.serverCert = self.write(
+            "server.pem", b"".join(blob.bytes() for blob in server.cert_chain_pems)
+        )
+        self.serverKey = self.write("server.key", server.private_key_pem.bytes())
+        self.clientCert = self.write("client.pem", client.cert_chain_pems[0].bytes())
+        self.clientKey = self.write("client.key", client.private_key_pem.bytes())
+        self.strangerCert = self.write(
+            "stranger.pem", stranger.cert_chain_pems[0].bytes()
+        )
+        self.strangerKey = self.write("stranger.key", stranger.private_key_pem.bytes())
+
+    def write(self, name: str, data: bytes) -> str:
+        """
+        Write a file beside the others; return its path.
+        """
+        path = os.path.join(self.directory, name)
+        with open(path, "wb") as stream:
+            stream.write(data)
+        return path
+
+    def endpoint(
+        self, port: int = 0, clientCA: bool = False, interface: str = "127.0.0.1"
+    ) -> str:
+        """
+        A C{tls:} endpoint description serving the server certificate,
+        requiring a client certificate from the CA when C{clientCA}.
+        """
+        from twisted.internet.endpoints import quoteStringArgument
+
+        description = (
+            f"tls:{port}:privateKey={quoteStringArgument(self.serverKey)}"
+            f":certKey={quoteStringArgument(self.serverCert)}:interface={quoteStringArgument(interface)}"
+        )
+        if clientCA:
+            description += f":clientCA={quoteStringArgument(self.ca)}"
+        return description
+
+
+def makeCertificates(testCase: Any) -> Certificates:
+    """
+    Fresh L{Certificates} in the test's temporary directory.
+    """
+    return Certificates(testCase.mktemp())
+
+
+class CollectUntilClosed(protocol.Protocol):
+    """
+    Send some bytes (then half-close, if asked), and collect everything
+    the server sends until it closes: one exchange with any netd TCP
+    service.
+
+    @ivar closed: fires with the bytes received once the connection ends.
+    """
+
+    def __init__(
+        self, send: bytes = b"", halfClose: bool = True, until: int | None = None
+    ) -> None:
+        self.send = send
+        self.halfClose = halfClose
+        self.until = until
         self.received = b""
         self.closed: defer.Deferred[bytes] = defer.Deferred()
 
+    def connectionMade(self) -> None:
+        if self.send:
+            self.transport.write(self.send)
+        if self.halfClose:
+            self.transport.loseWriteConnection()
+
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        if self.until is not None and len(self.received) >= self.until:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Any) -> None:
         self.closed.callback(self.received)
@@ -252,3 +334,105 @@ class MemoryReactorUDP(MemoryReactorClock):
     ) -> Any:
         self.udpServers.append((port, protocol, interface, maxPacketSize))
         return _FakePort(IPv4Address("UDP", interface or "0.0.0.0", port))
+
+
+@defer.inlineCallbacks
+def exchange(
+    endpoint: Any, send: bytes = b"", until: int | None = None
+) -> defer.Generator:
+    """
+    Connect with C{endpoint} (plain, or L{netd.tls.clientEndpoint} for a
+    verified TLS connection), send C{send}, and return what the server sent
+    until it closed, or until C{until} bytes came.
+
+    Without C{until}, the client half-closes after sending (over plain TCP;
+    TLS has no half-close, so there the server must close by itself).
+    """
+    from twisted.internet.endpoints import connectProtocol
+
+    client = CollectUntilClosed(send, until is None, until)
+    yield connectProtocol(endpoint, client)
+    received = yield client.closed
+    return received
+
+
+def tlsClientEndpoint(
+    certificates: Certificates,
+    port: int,
+    host: str = "127.0.0.1",
+    client: bool = False,
+) -> Any:
+    """
+    A verifying TLS client endpoint trusting the test CA, presenting the
+    test client certificate when C{client}.
+    """
+    from netd.tls import clientEndpoint
+
+    return clientEndpoint(
+        _reactor,
+        host,
+        port,
+        ca=certificates.ca,
+        cert=certificates.clientCert if client else None,
+        key=certificates.clientKey if client else None,
+        timeout=10,
+    )
+
+
+def opensslClient(
+    port: int, *options: str, stdin: bytes = b"", host: str = "127.0.0.1"
+) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """
+    Run C{openssl s_client -connect HOST:PORT OPTIONS} as an outside client,
+    writing C{stdin}; it waits for the server to close (C{-ign_eof}).
+    """
+    return runCommand(
+        "openssl",
+        "s_client",
+        "-connect",
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "-ign_eof",
+        *options,
+        stdin=stdin,
+    )
+
+
+def waitForOutput(
+    netd: NetdProcess, text: str, count: int = 1, timeout: float = 10
+) -> defer.Deferred[str]:
+    """
+    Fire with netd's output once C{text} occurs C{count} times in it (a log
+    line written when a connection ends, say).
+    """
+    found: defer.Deferred[str] = defer.Deferred()
+    received = netd.outReceived
+
+    def check() -> None:
+        output = netd.output.decode("utf-8", "replace")
+        if not found.called and output.count(text) >= count:
+            found.callback(output)
+
+    def outReceived(data: bytes) -> None:
+        received(data)
+        check()
+
+    netd.outReceived = netd.errReceived = outReceived  # type: ignore[method-assign]
+    check()
+    return found.addTimeout(timeout, _reactor)
+
+
+def refusedExchange(
+    endpoint: Any, send: bytes = b"", until: int | None = None
+) -> defer.Deferred[bytes]:
+    """
+    L{exchange} with a server expected to refuse: a connection reset
+    before the connect completed (netd aborts refused clients at once)
+    counts as receiving nothing.
+    """
+    from twisted.internet.error import ConnectError
+
+    def reset(failure: Any) -> bytes:
+        failure.trap(ConnectError)
+        return b""
+
+    return exchange(endpoint, send, until).addErrback(reset)

@@ -40,7 +40,7 @@ from netd.datagram import PerSourceRateLimiter
 from netd.listeners import DatagramListener, StreamListener
 from netd.services import clock as clockplugins
 from netd.tap import Options, makeService
-from tests.test_integration_echo import Collect
+from tests.common import CollectUntilClosed
 
 #: Sat Jun 12 10:07:23 2010 UTC, a date from the book's runs.
 BOOK_DATE = calendar.timegm((2010, 6, 12, 10, 7, 23))
@@ -618,7 +618,7 @@ class LoopbackTests(TestCase):
         ]:
             port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
             self.addCleanup(port.stopListening)
-            client = Collect()
+            client = CollectUntilClosed(halfClose=False)
             yield connectProtocol(
                 TCP4ClientEndpoint(_reactor, "127.0.0.1", port.getHost().port), client
             )
@@ -680,7 +680,7 @@ class PluginTests(SynchronousTestCase):
             ],
         )
         protocols = {
-            listener.serviceName: listener.protocol
+            listener.serviceName: listener.protocol.wrapped  # inside the policy
             for listener in listeners
             if isinstance(listener, DatagramListener)
         }
@@ -707,14 +707,18 @@ class PluginTests(SynchronousTestCase):
             (listener.serviceName, type(listener)): listener
             for listener in makeService(options, reactor=MemoryReactor())
         }
+        # The service's own factory and protocols, inside policy and log.
         daytimeFactory = built["daytime", StreamListener].factory.wrappedFactory
-        self.assertEqual(daytimeFactory.announcer.style, "iso")
-        self.assertEqual(
-            built["daytime", DatagramListener].protocol.announcer.style, "iso"
-        )
-        server = built["sntp", DatagramListener].protocol
+        self.assertEqual(daytimeFactory.wrappedFactory.announcer.style, "iso")
+        datagrams = {
+            name: listener.protocol.wrapped
+            for (name, kind), listener in built.items()
+            if kind is DatagramListener
+        }
+        self.assertEqual(datagrams["daytime"].announcer.style, "iso")
+        server = datagrams["sntp"]
         self.assertEqual((server.stratum, server.referenceId), (3, b"\xc0\x00\x02\x07"))
-        self.assertEqual(built["time", DatagramListener].protocol.limiter.rate, 5.0)
+        self.assertEqual(datagrams["time"].limiter.rate, 5.0)
 
     def test_configFile(self) -> None:
         """

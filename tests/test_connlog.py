@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from netd.connlog import ConnectionLoggingFactory
 from netd.echo import EchoFactory
-from tests.common import Collect
+from tests.common import CollectUntilClosed
 
 
 class ConnectionLogTests(SynchronousTestCase):
@@ -113,13 +113,17 @@ class EagerWriteTests(TestCase):
     """
 
     @defer.inlineCallbacks
-    def connected(self) -> Any:
-        factory = ConnectionLoggingFactory(
+    def connected(self, policed: bool = False) -> Any:
+        factory: Any = ConnectionLoggingFactory(
             "plain", Factory.forProtocol(Protocol), _reactor
         )
+        if policed:
+            from netd.policy import Policy, PolicyFactory
+
+            factory = PolicyFactory("plain", factory, Policy(), _reactor)
         port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(
             TCP4ClientEndpoint(_reactor, "127.0.0.1", port.getHost().port), client
         )
@@ -127,6 +131,20 @@ class EagerWriteTests(TestCase):
             yield task.deferLater(_reactor, 0.001, lambda: None)
         (wrapper,) = factory.protocols
         return client, wrapper
+
+    @defer.inlineCallbacks
+    def test_policedStack(self) -> Any:
+        """
+        In netd's own stack (policy outside, log inside), the wrapper on the
+        transport writes eagerly, and the log still counts the bytes.
+        """
+        client, policed = yield self.connected(policed=True)
+        logged = policed.wrappedProtocol
+        logged.write(b"through both")
+        self.assertNotIn(policed.transport, _reactor.getWriters())
+        self.assertEqual(logged.bytesOut, 12)
+        policed.loseConnection()
+        self.assertEqual((yield client.closed), b"through both")
 
     @defer.inlineCallbacks
     def test_smallWriteSentAtOnce(self) -> Any:

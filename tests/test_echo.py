@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from netd.datagram import PerSourceRateLimiter
 from netd.echo import EchoDatagramProtocol, EchoFactory, EchoReplies
 from netd.echoclient import LockStepEchoClient
-from tests.common import Collect
+from tests.common import CollectUntilClosed
 
 
 def connect(factory: EchoFactory) -> tuple[Any, StringTransport]:
@@ -323,7 +323,7 @@ class EchoLoopbackTests(TestCase):
         gets every byte back before the server closes.
         """
         port = self.listen(prefix=b"")
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield self.connect(port, client)
         data = bytes(range(256)) * 4096
         client.transport.write(data)
@@ -346,7 +346,7 @@ class EchoLoopbackTests(TestCase):
         port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
 
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield self.connect(port.getHost().port, client)
         client.transport.pauseProducing()  # the client stops reading
         while not factory.protocols:

@@ -19,9 +19,15 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.common import BIN, NetdProcess, projectEnvironment, runCommand, runNetd
+from tests.common import (
+    BIN,
+    CollectUntilClosed,
+    NetdProcess,
+    projectEnvironment,
+    runCommand,
+    runNetd,
+)
 from tests.test_clockclient import offsetIn
-from tests.test_integration_echo import Collect
 
 #: Seconds a real client's reading may differ from this process's clock.
 TOLERANCE = 10.0
@@ -156,7 +162,7 @@ class RealClientTests(ClockTestCase):
         (here 13 hours behind UTC), whatever this process's zone is.
         """
         netd = yield self.startNetd(TZ="XYZ+13")
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(
             TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("daytime")), client
         )

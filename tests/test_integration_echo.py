@@ -15,7 +15,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.common import BIN, TWISTD, Collect, runCommand, runNetd
+from tests.common import BIN, TWISTD, CollectUntilClosed, runCommand, runNetd
 
 ECHO_ONLY = ("--services", "echo", "--echo", "tcp:0:interface=127.0.0.1")
 
@@ -50,7 +50,7 @@ class TwistdEchoTests(TestCase):
         self.assertIn(("sntp", "UDP", "127.0.0.1", 50123), netd.addresses)
         self.assertIn(("echo", "TCP", "127.0.0.1", 50007), netd.addresses)
         self.assertIn(("echo", "UDP", "127.0.0.1", 50007), netd.addresses)
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(TCP4ClientEndpoint(_reactor, "127.0.0.1", 50007), client)
         client.transport.write(b"Hello network world")
         client.transport.loseWriteConnection()
@@ -70,7 +70,7 @@ class TwistdEchoTests(TestCase):
         outcome, bytes each way and duration.
         """
         netd = yield runNetd(self, *ECHO_ONLY)
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(
             TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("echo")), client
         )

@@ -18,7 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 import twisted.plugins
 from netd.plugin import INetdService, discoverServices
 from netd.tap import Options
-from tests.common import TWISTD, Collect, projectEnvironment, runCommand, runNetd
+from tests.common import (
+    TWISTD,
+    CollectUntilClosed,
+    projectEnvironment,
+    runCommand,
+    runNetd,
+)
 
 THIRD_PARTY = textwrap.dedent(
     '''
@@ -156,7 +162,7 @@ class ThirdPartyIntegrationTests(TestCase):
             "howdy",
             env=self.environment(),
         )
-        client = Collect()
+        client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(
             TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("hello")), client
         )

@@ -9,6 +9,7 @@ from twisted.application.service import ServiceMaker
 
 from netd.services.clock import daytime, sntp, time
 from netd.services.echo import echo
+from netd.tls import tlsServerParser
 
 netd = ServiceMaker(
     "netd",
@@ -17,4 +18,4 @@ netd = ServiceMaker(
     "netd",
 )
 
-__all__ = ["netd", "echo", "daytime", "time", "sntp"]
+__all__ = ["netd", "echo", "daytime", "time", "sntp", "tlsServerParser"]

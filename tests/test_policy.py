@@ -1,0 +1,415 @@
+"""
+Tests for L{netd.policy}: allow/deny ranges, connection limits and idle
+timeouts around any service's factory, and allow/deny for UDP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from netd.connlog import ConnectionLoggingFactory
+from netd.echo import EchoFactory
+from netd.policy import (
+    PolicedDatagramProtocol,
+    Policy,
+    PolicyFactory,
+    PolicySettings,
+    RefusedConnection,
+    clientAddress,
+    parseNetwork,
+    servicePolicies,
+)
+from tests.common import exchange, refusedExchange
+
+
+def settings(**values: Any) -> PolicySettings:
+    """
+    L{PolicySettings} with C{allow}/C{deny} given as strings.
+    """
+    for key in ("allow", "deny"):
+        if key in values:
+            values[key] = tuple(parseNetwork(text) for text in values[key])
+    return PolicySettings(**values)
+
+
+def peer(host: str, port: int = 40000) -> Any:
+    return (IPv6Address if ":" in host else IPv4Address)("TCP", host, port)
+
+
+@implementer(IHalfCloseableProtocol)
+class Recorder(Protocol):
+    """
+    A service protocol that records what reaches it.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def connectionMade(self) -> None:
+        self.events.append("made")
+
+    def dataReceived(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def readConnectionLost(self) -> None:
+        self.events.append("half-closed")
+
+    def writeConnectionLost(self) -> None:
+        self.events.append("write-closed")
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.events.append("lost")
+
+
+class RecorderFactory(Factory):
+    def __init__(self) -> None:
+        self.built: list[Recorder] = []
+
+    def buildProtocol(self, addr: Any) -> Recorder:
+        protocol = Recorder()
+        self.built.append(protocol)
+        return protocol
+
+
+class RangeTests(SynchronousTestCase):
+    """
+    Allow and deny ranges.
+    """
+
+    def test_noRanges(self) -> None:
+        """
+        Without ranges, every address may connect.
+        """
+        self.assertIsNone(settings().refusal(clientAddress("192.0.2.1")))
+        self.assertIsNone(settings().refusal(clientAddress("2001:db8::1")))
+
+    def test_allowOnly(self) -> None:
+        """
+        With an allow range, only addresses in it pass, IPv4 and IPv6 alike.
+        """
+        policy = settings(allow=["10.0.0.0/8", "::1"])
+        self.assertIsNone(policy.refusal(clientAddress("10.1.2.3")))
+        self.assertIsNone(policy.refusal(clientAddress("::1")))
+        self.assertEqual(
+            policy.refusal(clientAddress("192.0.2.1")), "not in any allowed range"
+        )
+        self.assertEqual(
+            policy.refusal(clientAddress("2001:db8::1")), "not in any allowed range"
+        )
+
+    def test_denyWins(self) -> None:
+        """
+        An address both allowed and denied is refused, naming the range.
+        """
+        policy = settings(allow=["10.0.0.0/8"], deny=["10.9.0.0/16"])
+        self.assertEqual(
+            policy.refusal(clientAddress("10.9.1.1")), "denied by 10.9.0.0/16"
+        )
+        self.assertIsNone(policy.refusal(clientAddress("10.8.1.1")))
+
+    def test_mappedIPv4(self) -> None:
+        """
+        An IPv4-mapped IPv6 address (a dual-stack socket's view of an IPv4
+        client) is judged as the IPv4 address.
+        """
+        policy = settings(deny=["127.0.0.0/8"])
+        self.assertEqual(
+            policy.refusal(clientAddress("::ffff:127.0.0.1")), "denied by 127.0.0.0/8"
+        )
+
+    def test_notIP(self) -> None:
+        """
+        A peer without an IP address (a UNIX socket) is not judged by ranges.
+        """
+        self.assertIsNone(clientAddress("/run/netd.sock"))
+        self.assertIsNone(settings(allow=["10.0.0.0/8"]).refusal(None))
+
+    def test_badRange(self) -> None:
+        """
+        A malformed range is a L{ValueError} quoting it; host bits are fine.
+        """
+        error = self.assertRaises(ValueError, parseNetwork, "10.0.0.0/33")
+        self.assertIn("'10.0.0.0/33'", str(error))
+        self.assertRaises(ValueError, parseNetwork, "example.com")
+        self.assertEqual(str(parseNetwork("10.1.2.3/8")), "10.0.0.0/8")
+
+
+class PolicyFactoryTests(SynchronousTestCase):
+    """
+    L{PolicyFactory} around a service's factory.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.service = RecorderFactory()
+        self.policy = Policy()
+        self.factory = PolicyFactory("test", self.service, self.policy, self.clock)
+
+    def connect(self, host: str = "192.0.2.1") -> tuple[Any, StringTransport]:
+        address = peer(host)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_refusedBuildsNothing(self) -> None:
+        """
+        A denied client is aborted at once and logged with the reason; the
+        service builds no protocol for it.
+        """
+        self.policy.update(settings(deny=["192.0.2.0/24"]))
+        with capturedLogs() as events:
+            protocol, transport = self.connect()
+        self.assertIsInstance(protocol, RefusedConnection)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.service.built, [])
+        self.assertEqual(
+            [e["reason"] for e in events if "reason" in e], ["denied by 192.0.2.0/24"]
+        )
+
+    def test_maxConnections(self) -> None:
+        """
+        Beyond C{maxConnections} open connections, new ones are refused;
+        once one closes, a new one is accepted again.
+        """
+        self.policy.update(settings(maxConnections=2))
+        first, _ = self.connect("192.0.2.1")
+        self.connect("192.0.2.2")
+        third, transport = self.connect("192.0.2.3")
+        self.assertIsInstance(third, RefusedConnection)
+        self.assertTrue(transport.disconnecting)
+        first.connectionLost(Failure(Exception("gone")))
+        fourth, transport = self.connect("192.0.2.4")
+        self.assertNotIsInstance(fourth, RefusedConnection)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(len(self.service.built), 3)
+
+    def test_maxPerSource(self) -> None:
+        """
+        One address may hold at most C{maxPerSource} connections; other
+        addresses are not affected; IPv4-mapped addresses count as IPv4.
+        """
+        self.policy.update(settings(maxPerSource=1))
+        first, _ = self.connect("192.0.2.1")
+        again, _ = self.connect("::ffff:192.0.2.1")
+        other, _ = self.connect("192.0.2.2")
+        self.assertIsInstance(again, RefusedConnection)
+        self.assertNotIsInstance(other, RefusedConnection)
+        first.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.factory.perSource, {clientAddress("192.0.2.2"): 1})
+        back, _ = self.connect("192.0.2.1")
+        self.assertNotIsInstance(back, RefusedConnection)
+
+    def test_updateAppliesToNewConnections(self) -> None:
+        """
+        L{Policy.update} judges the next client by the new settings.
+        """
+        protocol, _ = self.connect()
+        self.policy.update(settings(deny=["192.0.2.1"]))
+        refused, _ = self.connect()
+        self.assertIsInstance(refused, RefusedConnection)
+        self.assertEqual(protocol.wrappedProtocol.events, ["made"])
+
+    def test_idleTimeout(self) -> None:
+        """
+        A connection with no byte either way for C{idleTimeout} seconds is
+        closed, and aborted if still open as long again; each byte received
+        or written restarts the wait.
+        """
+        self.policy.update(settings(idleTimeout=10))
+        protocol, transport = self.connect()
+        self.clock.advance(9)
+        protocol.dataReceived(b"x")
+        self.clock.advance(9)
+        protocol.wrappedProtocol.transport.write(b"reply")
+        self.clock.advance(9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnected)
+
+    def test_idleTimeoutCancelled(self) -> None:
+        """
+        A connection that ends leaves no timer behind.
+        """
+        self.policy.update(settings(idleTimeout=10))
+        protocol, _ = self.connect()
+        protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_noIdleTimeout(self) -> None:
+        """
+        With C{idleTimeout} 0 no timer is set.
+        """
+        self.connect()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_halfClosePassesThrough(self) -> None:
+        """
+        Half-closes reach a service protocol that accepts them, through
+        both the policy and the connection log.
+        """
+        factory = PolicyFactory(
+            "test",
+            ConnectionLoggingFactory("test", self.service, self.clock),
+            self.policy,
+            self.clock,
+        )
+        protocol = factory.buildProtocol(peer("192.0.2.1"))
+        protocol.makeConnection(StringTransport())
+        self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
+        protocol.readConnectionLost()
+        protocol.writeConnectionLost()
+        self.assertEqual(
+            self.service.built[0].events, ["made", "half-closed", "write-closed"]
+        )
+
+    def test_producerCallsPassThrough(self) -> None:
+        """
+        A service protocol's producer registration reaches the transport,
+        and the transport's pause/resume reach the service.
+        """
+        protocol, transport = self.connect()
+        service = protocol.wrappedProtocol
+        service.transport.registerProducer(service.transport, True)
+        self.assertIs(transport.producer, service.transport)
+        service.transport.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+
+    def test_unixPeers(self) -> None:
+        """
+        UNIX-socket peers are not judged by ranges, but count towards
+        C{maxConnections}.
+        """
+        self.policy.update(settings(allow=["10.0.0.0/8"], maxConnections=1))
+        address = UNIXAddress(b"/run/netd.sock")
+        first = self.factory.buildProtocol(address)
+        first.makeConnection(StringTransport(peerAddress=address))
+        second = self.factory.buildProtocol(address)
+        self.assertNotIsInstance(first, RefusedConnection)
+        self.assertIsInstance(second, RefusedConnection)
+
+
+class Remember(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.received.append((data, address))
+
+
+class DatagramPolicyTests(SynchronousTestCase):
+    """
+    L{PolicedDatagramProtocol}: allow/deny for any UDP service.
+    """
+
+    def test_filter(self) -> None:
+        """
+        Datagrams from denied or not-allowed sources are dropped; the rest
+        reach the service.
+        """
+        wrapped = Remember()
+        policy = Policy(settings(allow=["192.0.2.0/24", "::1"], deny=["192.0.2.9"]))
+        protocol = PolicedDatagramProtocol("test", wrapped, policy)
+        protocol.datagramReceived(b"a", ("192.0.2.1", 5000))
+        protocol.datagramReceived(b"b", ("192.0.2.9", 5000))
+        protocol.datagramReceived(b"c", ("198.51.100.1", 5000))
+        protocol.datagramReceived(b"d", ("::1", 5000, 0, 0))
+        self.assertEqual([data for data, _ in wrapped.received], [b"a", b"d"])
+        self.assertEqual(protocol.dropped, 2)
+
+
+class LoopbackTests(TestCase):
+    """
+    The policy over real sockets, IPv4 and IPv6.
+    """
+
+    def listen(self, policy: Policy, interface: str) -> int:
+        factory = PolicyFactory(
+            "echo",
+            ConnectionLoggingFactory("echo", EchoFactory(_reactor), _reactor),
+            policy,
+            _reactor,
+        )
+        port = _reactor.listenTCP(0, factory, interface=interface)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    @defer.inlineCallbacks
+    def test_ipv4(self) -> defer.Generator:
+        """
+        A client from 127.0.0.1 is served when allowed, and closed with
+        nothing sent when denied.
+        """
+        policy = Policy(settings(allow=["127.0.0.0/8"]))
+        port = self.listen(policy, "127.0.0.1")
+        endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", port)
+        self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
+        policy.update(settings(allow=["127.0.0.0/8"], deny=["127.0.0.1/32"]))
+        self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
+
+    @defer.inlineCallbacks
+    def test_ipv6(self) -> defer.Generator:
+        """
+        A client from ::1 is refused when only IPv4 ranges are allowed,
+        and served once ::1 is allowed.
+        """
+        policy = Policy(settings(allow=["127.0.0.0/8"]))
+        port = self.listen(policy, "::1")
+        endpoint = TCP6ClientEndpoint(_reactor, "::1", port)
+        self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
+        policy.update(settings(allow=["::1/128"]))
+        self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
+
+
+class ServicePoliciesTests(SynchronousTestCase):
+    """
+    L{servicePolicies} finds each service's policy in a service tree.
+    """
+
+    def test_found(self) -> None:
+        """
+        The tap's listeners, stream and datagram, lead to their policies.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from netd.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions(
+            [
+                "--services",
+                "echo",
+                "--echo",
+                "tcp:0",
+                "--echo",
+                "udp:0",
+                "--deny",
+                "::1",
+            ]
+        )
+        root = makeService(options, reactor=MemoryReactorClock())
+        policies = servicePolicies(root)
+        self.assertEqual(list(policies), ["echo"])
+        self.assertEqual(policies["echo"].settings.deny, (parseNetwork("::1"),))
+        self.assertEqual(
+            {
+                id(getattr(s, "factory", getattr(s, "protocol", None)).policy)
+                for s in root
+            },
+            {id(policies["echo"])},
+        )
