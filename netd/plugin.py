@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.plugin import IPlugin, getPlugins
+from twisted.python.usage import UsageError
 from zope.interface import Attribute, Interface, implementer
 
 
@@ -111,6 +112,49 @@ class ServicePlugin:
 
     def __repr__(self) -> str:
         return f"<netd service {self.name!r}>"
+
+
+#: The option of every L{DatagramServicePlugin}: C{--NAME-udp-rate}.
+UDP_RATE_OPTION = [
+    "udp-rate",
+    None,
+    20.0,
+    "UDP replies a second to any one source.",
+    float,
+]
+
+
+class DatagramServicePlugin(ServicePlugin):
+    """
+    A base for services that also answer over UDP, where every reply is
+    limited per source (C{--NAME-udp-rate}; a UDP source is easily forged,
+    and an unlimited server amplifies floods towards the forged victim).
+
+    Subclasses include L{UDP_RATE_OPTION} in their C{optParameters} and
+    call this C{validate} from their own.
+    """
+
+    datagram = True
+    optParameters: Sequence[Sequence[Any]] = [UDP_RATE_OPTION]
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        """
+        Refuse a reply rate that is not positive.
+        """
+        if options["udp-rate"] <= 0:
+            raise UsageError(
+                f"--{self.name}-udp-rate must be positive, not {options['udp-rate']!r}"
+            )
+
+    def limiter(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        The per-source reply limit of one UDP endpoint: C{udp-rate} replies
+        a second, in bursts of up to two seconds' worth.
+        """
+        from netd.datagram import PerSourceRateLimiter
+
+        rate = options["udp-rate"]
+        return PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2)))
 
 
 def discoverServices(plugins: Any = None) -> list[INetdService]:

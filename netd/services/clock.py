@@ -12,37 +12,10 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
-from netd.plugin import ServicePlugin
-
-_UDP_RATE = ["udp-rate", None, 20.0, "UDP replies a second to any one source.", float]
+from netd.plugin import UDP_RATE_OPTION, DatagramServicePlugin
 
 
-class _ClockService(ServicePlugin):
-    """
-    What the clock services share: a per-source limit on UDP replies.
-    """
-
-    datagram = True
-    optParameters: Any = [_UDP_RATE]
-
-    def validate(self, options: Mapping[str, Any]) -> None:
-        if options["udp-rate"] <= 0:
-            raise UsageError(
-                f"--{self.name}-udp-rate must be positive, not {options['udp-rate']!r}"
-            )
-
-    def limiter(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        """
-        The per-source reply limit of one UDP endpoint: C{udp-rate} replies
-        a second, in bursts of up to two seconds' worth.
-        """
-        from netd.datagram import PerSourceRateLimiter
-
-        rate = options["udp-rate"]
-        return PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2)))
-
-
-class _AnnouncingService(_ClockService):
+class _AnnouncingService(DatagramServicePlugin):
     """
     A service that sends one message per connection or datagram.
     """
@@ -87,7 +60,7 @@ class DaytimeService(_AnnouncingService):
             "ctime: the server's local time as time.ctime() gives it (TZ "
             "honoured); iso: RFC 3339 UTC.",
         ],
-        _UDP_RATE,
+        UDP_RATE_OPTION,
     ]
 
     def validate(self, options: Mapping[str, Any]) -> None:
@@ -124,7 +97,7 @@ class TimeService(_AnnouncingService):
         return TimeAnnouncer(reactor)
 
 
-class SNTPService(_ClockService):
+class SNTPService(DatagramServicePlugin):
     """
     An SNTPv4 server (RFC 4330) of the system clock, over UDP only.
     """
@@ -149,7 +122,7 @@ class SNTPService(_ClockService):
             "Reference id announced: 1-4 letters (stratum 1, LOCL) or the "
             "IPv4 address of the host's own time server.",
         ],
-        _UDP_RATE,
+        UDP_RATE_OPTION,
     ]
 
     def validate(self, options: Mapping[str, Any]) -> None:

@@ -11,10 +11,10 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
-from netd.plugin import ServicePlugin
+from netd.plugin import UDP_RATE_OPTION, DatagramServicePlugin
 
 
-class EchoService(ServicePlugin):
+class EchoService(DatagramServicePlugin):
     """
     Echo over TCP (and any stream endpoint) and UDP.
     """
@@ -35,7 +35,7 @@ class EchoService(ServicePlugin):
             "Put this text before every reply ('' for RFC 862).",
         ],
         ["delay", None, 0.0, "Seconds each connection's first reply waits.", float],
-        ["udp-rate", None, 20.0, "UDP replies a second to any one source.", float],
+        UDP_RATE_OPTION,
     ]
     optFlags = [["stamp", None, "End every reply with ' at ' and the server's ctime."]]
 
@@ -44,10 +44,7 @@ class EchoService(ServicePlugin):
             raise UsageError(
                 f"--echo-delay must not be negative, not {options['delay']!r}"
             )
-        if options["udp-rate"] <= 0:
-            raise UsageError(
-                f"--echo-udp-rate must be positive, not {options['udp-rate']!r}"
-            )
+        super().validate(options)
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         from netd.echo import EchoFactory
@@ -60,13 +57,11 @@ class EchoService(ServicePlugin):
         )
 
     def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.datagram import PerSourceRateLimiter
         from netd.echo import EchoDatagramProtocol, EchoReplies
 
-        rate = options["udp-rate"]
         return EchoDatagramProtocol(
             EchoReplies(reactor, options["prefix"].encode("utf-8"), options["stamp"]),
-            PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2))),
+            self.limiter(options, reactor),
         )
 
 
