@@ -31,6 +31,18 @@ from netd.plugin import INetdService, discoverServices
 _GLOBAL_KEYS = frozenset({"services"})
 
 
+def _repeatableOption(key: str, doc: str) -> Any:
+    """
+    Make the C{opt_NAME_OPTION} handler of a service's repeatable option.
+    """
+
+    def opt(self: Options, value: str) -> None:
+        self[key].append(value)
+
+    opt.__doc__ = f"{doc} (repeatable)"
+    return opt
+
+
 def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     """
     Make the C{opt_NAME} handler that collects a service's endpoints.
@@ -93,6 +105,9 @@ class Options(usage.Options):
                 )
             for name, _short, doc in _padded(service.optFlags, 3):
                 attributes["optFlags"].append([f"{service.name}-{name}", None, doc])
+            for name, _short, doc in _repeatables(service):
+                key = f"{service.name}-{name}"
+                attributes["opt_" + key.replace("-", "_")] = _repeatableOption(key, doc)
         self: Options = super().__new__(type(cls.__name__, (cls,), attributes))
         self.available = found
         return self
@@ -100,6 +115,9 @@ class Options(usage.Options):
     def __init__(self, services: Iterable[INetdService] | None = None) -> None:
         super().__init__()
         self["endpoints"] = {service.name: [] for service in self.available}
+        for service in self.available:
+            for name, *_ in _repeatables(service):
+                self[f"{service.name}-{name}"] = []
 
     def postOptions(self) -> None:
         """
@@ -122,6 +140,12 @@ class Options(usage.Options):
             self["endpoints"][service.name] = self._endpoints(service, table)
             self["serviceOptions"][service.name] = self._serviceOptions(service, table)
             service.validate(self["serviceOptions"][service.name])
+            validateEndpoints = getattr(service, "validateEndpoints", None)
+            if validateEndpoints is not None:
+                validateEndpoints(
+                    self["serviceOptions"][service.name],
+                    self["endpoints"][service.name],
+                )
 
     def _chosenServices(
         self, fileConfig: dict[str, Any], byName: dict[str, INetdService]
@@ -175,6 +199,12 @@ class Options(usage.Options):
             if not value and name in table:
                 value = configFlag(f"{service.name}.{name}", table[name])
             options[name] = value
+        for name, *_ in _repeatables(service):
+            known.add(name)
+            values = list(self[f"{service.name}-{name}"])
+            if not values and name in table:
+                values = configStrings(f"{service.name}.{name}", table[name])
+            options[name] = values
         for key in table:
             if key not in known:
                 raise usage.UsageError(
@@ -185,6 +215,10 @@ class Options(usage.Options):
 
 def _padded(rows: Iterable[Iterable[Any]], width: int) -> list[list[Any]]:
     return [(list(row) + [None] * width)[:width] for row in rows]
+
+
+def _repeatables(service: INetdService) -> list[list[Any]]:
+    return _padded(getattr(service, "optRepeatable", ()), 3)
 
 
 def _coerceOf(service: INetdService, name: str) -> Any:
