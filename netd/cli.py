@@ -73,6 +73,12 @@ class Options(usage.Options):
     subCommands = [
         ["echo", None, _lazy("netd.echoclient.EchoCommand"), "Echo words, lock-step."],
         ["load", None, _lazy("netd.echoclient.LoadCommand"), "Drive many clients."],
+        [
+            "objects",
+            None,
+            _lazy("netd.objectsclient.ObjectsCommand"),
+            "Send an object.",
+        ],
     ]
 
     def postOptions(self) -> None:

@@ -163,7 +163,9 @@ def _allTypes(*types: type) -> Callable[[tuple[Any, ...]], bool]:
 
 
 def _strict(
-    target: Callable[..., Any], *accepted: Callable[[tuple[Any, ...]], bool]
+    target: Callable[..., Any],
+    *accepted: Callable[[tuple[Any, ...]], bool],
+    name: str = "",
 ) -> Callable[..., Any]:
     """
     A constructor that calls C{target} only with arguments one of
@@ -173,7 +175,7 @@ def _strict(
     def construct(*args: Any) -> Any:
         if not any(check(args) for check in accepted):
             raise PickleRefusedError(
-                f"refusing {target.__qualname__} with arguments of types "
+                f"refusing {name or target.__qualname__} with arguments of types "
                 f"{[type(arg).__name__ for arg in args]}"
             )
         return target(*args)
@@ -299,8 +301,14 @@ _DEFAULT_ALLOWED: dict[tuple[str, str], tuple[Any, Callable[..., Any] | None]] =
         _strict(slice, lambda a: 1 <= len(a) <= 3 and _optionalInts(a)),
     ),
     # Python 3 pickles bytes this way in protocols 0 to 2.
-    ("_codecs", "encode"): (codecs.encode, _strict(_encodeLatin1, _latin1)),
-    ("codecs", "encode"): (codecs.encode, _strict(_encodeLatin1, _latin1)),
+    ("_codecs", "encode"): (
+        codecs.encode,
+        _strict(_encodeLatin1, _latin1, name="codecs.encode"),
+    ),
+    ("codecs", "encode"): (
+        codecs.encode,
+        _strict(_encodeLatin1, _latin1, name="codecs.encode"),
+    ),
     ("decimal", "Decimal"): (
         decimal.Decimal,
         _strict(decimal.Decimal, _shortNumberText),
