@@ -1050,11 +1050,13 @@ class ObjectsFactory(Factory):
     def encode(self, result: Any, protocol: int) -> bytes:
         """
         Pickle a reply in C{protocol}; an exception (raised by the handler or
-        by pickling) becomes its nearest builtin exception.
+        by pickling) becomes its nearest builtin exception. Names are not
+        mapped to Python 2's (C{fix_imports=False}), so that a
+        C{PermissionError} stays one in protocols 0 to 2.
         """
         if isinstance(result, BaseException):
             result = builtinException(result)
         try:
-            return pickle.dumps(result, protocol)
+            return pickle.dumps(result, protocol, fix_imports=False)
         except Exception as error:
-            return pickle.dumps(builtinException(error), protocol)
+            return pickle.dumps(builtinException(error), protocol, fix_imports=False)
