@@ -80,6 +80,15 @@ class AuthenticationError(Exception):
     """
 
 
+class _Stopped(Exception):  # noqa: N818
+    """
+    The C{STOP} opcode: unpickling is done.
+    """
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class PickleRefusedError(PermissionError):
     """
     A pickle named a global that is not allowed, or used an allowed one in a
@@ -382,6 +391,9 @@ class RestrictedUnpickler(pickle._Unpickler):
     append: Callable[[Any], None]
     read: Callable[[int], bytes]
     pop_mark: Callable[[], list[Any]]
+    readinto: Callable[[Any], int]
+    readline: Callable[[], bytes]
+    metastack: list[Any]
     proto: int
 
     def __init__(
@@ -394,11 +406,42 @@ class RestrictedUnpickler(pickle._Unpickler):
         @param trusted: extra allowed names, C{(module, qualname)} to the
             object, which may be called and built without checks.
         """
-        super().__init__(io.BytesIO(data))
+        self._data = io.BytesIO(data)
+        super().__init__(self._data)
         self._size = len(data)
         self._trusted = dict(trusted or {})
         self._trustedObjects = {id(value): value for value in self._trusted.values()}
         self._tupleDepths: dict[int, tuple[tuple[Any, ...], int]] = {}
+
+    def load(self) -> Any:
+        """
+        Read the whole pickle. The data is all in memory, so frames are
+        only skipped, not buffered (the stdlib's C{_Unframer} would copy).
+        """
+        self.read = self._data.read
+        self.readinto = self._data.readinto
+        self.readline = self._data.readline
+        self.metastack = []
+        self.stack = []
+        self.append = self.stack.append
+        self.proto = 0
+        read = self.read
+        dispatch = self.dispatch
+        try:
+            while True:
+                key = read(1)
+                if not key:
+                    raise EOFError("pickle data was truncated")
+                dispatch[key[0]](self)
+        except _Stopped as stopped:
+            return stopped.value
+
+    def load_stop(self) -> None:
+        raise _Stopped(self.stack.pop())
+
+    def load_frame(self) -> None:
+        if len(self.read(8)) != 8:
+            raise pickle.UnpicklingError("pickle data was truncated")
 
     def find_class(self, module: str, name: str) -> Any:
         """
@@ -546,6 +589,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.append(bytearray(data))
 
     for _name, _method in [
+        ("STOP", load_stop),
+        ("FRAME", load_frame),
         ("REDUCE", load_reduce),
         ("NEWOBJ", load_newobj),
         ("NEWOBJ_EX", load_newobj_ex),
@@ -787,6 +832,7 @@ class ObjectsServerProtocol(FrameReceiver):
 
     log = Logger()
     factory: ObjectsFactory
+    peer = "?"
 
     def __init__(self) -> None:
         super().__init__()
@@ -799,6 +845,7 @@ class ObjectsServerProtocol(FrameReceiver):
         self.requests = 0
 
     def connectionMade(self) -> None:
+        self.peer = _peer(self.transport)
         self.transport.registerProducer(self, True)
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
@@ -850,7 +897,7 @@ class ObjectsServerProtocol(FrameReceiver):
     def _fail(self, reason: str, reply: bytes | None = None) -> None:
         self.log.info(
             "objects: {peer} failed the handshake: {reason}",
-            peer=_peer(self.transport),
+            peer=self.peer,
             reason=reason,
         )
         if reply is not None:
@@ -861,14 +908,14 @@ class ObjectsServerProtocol(FrameReceiver):
     def badFrame(self, reason: str) -> None:
         self.log.info(
             "objects: closing {peer}: {reason}",
-            peer=_peer(self.transport),
+            peer=self.peer,
             reason=reason,
         )
         super().badFrame(reason)
 
     def _request(self, frame: bytes) -> None:
         self.requests += 1
-        result = self.factory.process(frame, _peer(self.transport))
+        result = self.factory.process(frame, self.peer)
         if isinstance(result, bytes) and not self._replies:
             self.sendFrame(result)
             return
