@@ -54,9 +54,11 @@ CLIENT = """
 import json, resource, sys, time
 from multiprocessing.connection import Client, wait
 
-port, count, start, end = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+port, count = int(sys.argv[1]), int(sys.argv[2])
+start, end = float(sys.argv[3]), float(sys.argv[4])
 request = eval(sys.argv[5])
-conns = [Client(("127.0.0.1", port), authkey=bytes.fromhex(sys.argv[6])) for _ in range(count)]
+authkey = bytes.fromhex(sys.argv[6])
+conns = [Client(("127.0.0.1", port), authkey=authkey) for _ in range(count)]
 while time.time() < start:
     time.sleep(0.001)
 cpu = resource.getrusage(resource.RUSAGE_SELF)
