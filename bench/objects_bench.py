@@ -3,7 +3,7 @@ Round trips per second of small objects: netd's objects service against the
 standard library's own C{multiprocessing.connection.Listener} server (a
 thread per client, as Beazley's object server), in the same run.
 
-    python bench/objects_bench.py [--seconds S] [--clients 1,16]
+    python bench/objects_bench.py [--seconds S] [--clients 1,16] [--rounds N]
 
 Both servers use the same authkey and echo each object back. Clients are
 stdlib C{Client}s in separate processes (up to 4 connections each, driven
@@ -194,6 +194,14 @@ def measure(pid: int, port: int, clients: int, seconds: float) -> dict[str, floa
     }
 
 
+def median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """
+    The run with the median rate (runs alternate between the servers, so
+    that a burst of load from elsewhere does not favour either).
+    """
+    return sorted(runs, key=lambda run: run["rate"])[len(runs) // 2]
+
+
 def loadAverage() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
@@ -202,6 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--clients", default="1,16")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     levels = [int(level) for level in args.clients.split(",")]
 
@@ -210,7 +219,7 @@ def main() -> None:
     try:
         print(
             f"objects: round trips/s of {REQUEST!r}, lock-step per connection, "
-            f"{args.seconds:g} s each; {os.cpu_count()} CPUs, "
+            f"median of {args.rounds} runs of {args.seconds:g} s; {os.cpu_count()} CPUs, "
             f"load average {loadAverage()}"
         )
         header = (
@@ -219,8 +228,13 @@ def main() -> None:
         )
         print(header)
         for clients in levels:
-            base = measure(stdlib.pid, stdlibPort, clients, args.seconds)
-            ours = measure(netd.pid, netdPort, clients, args.seconds)
+            runs: dict[str, list[dict[str, float]]] = {"stdlib": [], "netd": []}
+            for _ in range(args.rounds):
+                runs["stdlib"].append(
+                    measure(stdlib.pid, stdlibPort, clients, args.seconds)
+                )
+                runs["netd"].append(measure(netd.pid, netdPort, clients, args.seconds))
+            base, ours = median(runs["stdlib"]), median(runs["netd"])
             print(
                 f"{clients:>3}  {base['rate']:>16.0f}  {ours['rate']:>10.0f}  "
                 f"{ours['rate'] / base['rate']:>10.2f}x  "

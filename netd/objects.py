@@ -70,6 +70,14 @@ _LEGACY_LENGTHS = (_MD5ONLY_MESSAGE_LENGTH, _MD5_DIGEST_LEN)
 MAX_TUPLE_DEPTH = 1000
 """Tuples nested deeper are refused: hashing one recurses in C unchecked."""
 
+MAX_ALLOCATIONS = 2_000_000
+"""
+Containers, marks and memo entries one request may make, each counted in
+units of about 64 bytes (an empty set counts 4): one byte of pickle can
+allocate 200 bytes (C{EMPTY_SET}), so without this an 8 MiB request could
+take gigabytes. About 128 MB at most.
+"""
+
 _MAX_NUMBER_TEXT = 10_000
 _MAX_FRACTION_BITS = 65_536
 
@@ -359,6 +367,18 @@ def _opcode(name: str) -> int:
     return getattr(pickle, name)[0]  # type: ignore[no-any-return]
 
 
+def _spending(load: Callable[[Any], None], units: int) -> Callable[[Any], None]:
+    """
+    Wrap an opcode's loader so that it counts against L{MAX_ALLOCATIONS}.
+    """
+
+    def spendThenLoad(unpickler: Any) -> None:
+        unpickler._spend(units)
+        load(unpickler)
+
+    return spendThenLoad
+
+
 class RestrictedUnpickler(pickle._Unpickler):
     """
     Unpickle plain data only: globals come from an allowlist, and every
@@ -374,7 +394,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         C{OBJ}, C{EXT*}, persistent ids and out-of-band buffers are refused.
       - C{APPEND(S)}, C{SETITEM(S)}, C{ADDITEMS} apply only to lists, dicts
         and sets; tuples nest at most L{MAX_TUPLE_DEPTH} deep; C{BYTEARRAY8}
-        may not claim more bytes than the pickle holds.
+        may not claim more bytes than the pickle holds; containers and memo
+        entries are counted against L{MAX_ALLOCATIONS}.
 
     Extra names from the operator (C{trusted}) are full citizens: they may be
     called, instantiated and have their state set, as plain C{pickle} would.
@@ -412,6 +433,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         self._trusted = dict(trusted or {})
         self._trustedObjects = {id(value): value for value in self._trusted.values()}
         self._tupleDepths: dict[int, tuple[tuple[Any, ...], int]] = {}
+        self._allocations = 0
 
     def load(self) -> Any:
         """
@@ -588,6 +610,24 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError("pickle exhausted in BYTEARRAY8")
         self.append(bytearray(data))
 
+    def _spend(self, units: int) -> None:
+        self._allocations += units
+        if self._allocations > MAX_ALLOCATIONS:
+            raise MemoryError(
+                f"the pickle makes over {MAX_ALLOCATIONS} containers or memo entries"
+            )
+
+    for _name, _units in [
+        ("EMPTY_LIST", 1),
+        ("EMPTY_DICT", 1),
+        ("EMPTY_SET", 4),
+        ("MARK", 1),
+        ("MEMOIZE", 1),
+        ("PUT", 1),
+        ("LONG_BINPUT", 1),
+    ]:
+        dispatch[_opcode(_name)] = _spending(dispatch[_opcode(_name)], _units)
+
     for _name, _method in [
         ("STOP", load_stop),
         ("FRAME", load_frame),
@@ -616,7 +656,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         ("BINPERSID", _refusePersistent),
     ]:
         dispatch[_opcode(_name)] = _method
-    del _name, _method
+    del _name, _method, _units
 
 
 def _describe(value: Any) -> str:
@@ -1084,14 +1124,12 @@ class ObjectsFactory(Factory):
                 reason=str(error),
             )
             raise
-        except RecursionError:
+        except (RecursionError, MemoryError):
             raise
         except Exception as error:
             raise ValueError(f"not a valid pickle: {error}") from error
 
     def _encodeError(self, failure: Failure, protocol: int) -> bytes:
-        if failure.check(defer.CancelledError):
-            return b""
         return self.encode(failure.value, protocol)
 
     def encode(self, result: Any, protocol: int) -> bytes:

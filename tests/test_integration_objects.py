@@ -169,7 +169,11 @@ class StdlibClientTests(StdlibClientMixin, TestCase):
             authkey=b"k",
         )
         self.assertEqual(len(output), len(hostile) + 1)
-        expected = {"deep tuple key": "RecursionError", "BYTEARRAY8 bomb": "ValueError"}
+        expected = {
+            "deep tuple key": "RecursionError",
+            "BYTEARRAY8 bomb": "ValueError",
+            "allocation bomb": "MemoryError",
+        }
         for name, line in zip(hostile, output, strict=False):
             kind = expected.get(name, "PermissionError")
             self.assertTrue(line.startswith(f"{kind}: "), (name, line))

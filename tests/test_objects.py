@@ -30,6 +30,7 @@ from netd.client import ObjectsClientProtocol
 from netd.objects import (
     CHALLENGE,
     FAILURE,
+    MAX_ALLOCATIONS,
     MAX_TUPLE_DEPTH,
     WELCOME,
     AuthenticationError,
@@ -157,6 +158,7 @@ def hostilePickles(marker: str) -> dict[str, bytes]:
         "SETITEM on a list": b"\x80\x04]K\x00K\x01s.",
         "deep tuple key": tupleKey,
         "BYTEARRAY8 bomb": b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b".",
+        "allocation bomb": b"\x80\x04]" + b"\x8f" * (MAX_ALLOCATIONS // 4 + 1) + b".",
     }
 
 
@@ -182,13 +184,15 @@ class RestrictedUnpicklerTests(SynchronousTestCase):
     def test_hostilePicklesRefused(self) -> None:
         """
         Each hostile pickle is refused (L{PickleRefusedError}, or
-        C{RecursionError} for the deep tuple and C{UnpicklingError} for the
-        lying C{BYTEARRAY8}) and creates nothing.
+        C{RecursionError} for the deep tuple, C{UnpicklingError} for the
+        lying C{BYTEARRAY8}, C{MemoryError} for a pickle of 500,001 empty
+        sets) and creates nothing.
         """
         marker = os.path.abspath(self.mktemp())
         expected = {
             "deep tuple key": RecursionError,
             "BYTEARRAY8 bomb": pickle.UnpicklingError,
+            "allocation bomb": MemoryError,
         }
         for name, data in hostilePickles(marker).items():
             with self.subTest(name):
@@ -230,6 +234,13 @@ class RestrictedUnpicklerTests(SynchronousTestCase):
             (value,) = value
             depth += 1
         self.assertEqual(depth, 99_999)
+
+    def test_realisticRecordsFitTheBudget(self) -> None:
+        """
+        A list of 100,000 small records stays within L{MAX_ALLOCATIONS}.
+        """
+        records = [{"id": n, "name": str(n), "tags": [n]} for n in range(100_000)]
+        self.assertEqual(loadRestricted(pickle.dumps(records)), records)
 
     def test_trustedNamesAreFullCitizens(self) -> None:
         """
