@@ -62,6 +62,7 @@ class StdlibClientMixin:
     """
 
     versions = ("3.11", "3.12", "3.13")
+    olderVersions = ("3.8", "3.9", "3.10")
 
     def listen(self: Any, factory: ObjectsFactory) -> int:
         port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -118,6 +119,22 @@ class StdlibClientTests(StdlibClientMixin, TestCase):
             )
             self.assertEqual(output[:2], ["[1, 2, 3, 4, 5]", "'abcdef'"])
             self.assertTrue(output[2].startswith("TypeError: unsupported operand"))
+
+    @defer.inlineCallbacks
+    def test_olderVersions(self) -> defer.Generator:
+        """
+        Python 3.8 to 3.10 (legacy handshake only) are clients too.
+        """
+        port = self.listen(ObjectsFactory(_reactor, addHandler, authkey=b"s3cret"))
+        for version in self.olderVersions:
+            output = yield self.stdlibClient(
+                version, port, ["obj ([1], [2])"], authkey=b"s3cret"
+            )
+            self.assertEqual(output, ["[1, 2]"])
+            output = yield self.stdlibClient(
+                version, port, ["obj ([1], [2])"], authkey=b"wrong"
+            )
+            self.assertEqual(output, ["connect failed: AuthenticationError"])
 
     @defer.inlineCallbacks
     def test_wrongAuthkey(self) -> defer.Generator:
