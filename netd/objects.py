@@ -482,7 +482,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             return self._trusted[(module, name)]
         if (module, name) in _DEFAULT_ALLOWED:
             return _DEFAULT_ALLOWED[(module, name)][0]
-        raise PickleRefusedError(f"global {module}.{name} is not allowed")
+        raise PickleRefusedError(f"global {module:.100}.{name:.100} is not allowed")
 
     def persistent_load(self, pid: Any) -> Any:
         raise PickleRefusedError("persistent ids are not allowed")
@@ -569,7 +569,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def _target(self, kinds: tuple[type, ...]) -> Any:
         target = self.stack[-1]
-        if type(target) not in kinds:
+        if type(target) not in kinds and not self._isTrusted(type(target)):
             raise PickleRefusedError(f"cannot add items to {_describe(target)}")
         return target
 
