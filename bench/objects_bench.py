@@ -219,8 +219,8 @@ def main() -> None:
     try:
         print(
             f"objects: round trips/s of {REQUEST!r}, lock-step per connection, "
-            f"median of {args.rounds} runs of {args.seconds:g} s; {os.cpu_count()} CPUs, "
-            f"load average {loadAverage()}"
+            f"median of {args.rounds} runs of {args.seconds:g} s; "
+            f"{os.cpu_count()} CPUs, load average {loadAverage()}"
         )
         header = (
             f"{'C':>3}  {'stdlib Listener':>16}  {'netd':>10}  {'netd/stdlib':>11}"
