@@ -629,6 +629,30 @@ class ObjectsServerTests(SynchronousTestCase):
         protocol.dataReceived(frame(WELCOME) + frame(pickle.dumps("hi", 4)))
         self.assertEqual(replies(transport), ["hi"])
 
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(
+                st.binary(max_size=64),
+                st.sampled_from(list(hostilePickles("/nonexistent").values())[:-3]),
+                st.builds(pickle.dumps, st.recursive(st.integers(), st.lists)),
+            ),
+            max_size=6,
+        ),
+        st.booleans(),
+    )
+    def test_anyFramesNeverRaise(self, bodies: list[bytes], authkey: bool) -> None:
+        """
+        Whatever frames a client sends (random bytes, hostile pickles, plain
+        ones), the protocol never raises; without an authkey every frame
+        gets exactly one reply.
+        """
+        protocol, transport = serve(authkey=b"k" if authkey else None)
+        transport.clear()
+        protocol.dataReceived(b"".join(frame(body) for body in bodies))
+        if not authkey:
+            self.assertEqual(len(replies(transport)), len(bodies))
+
     def test_builtinException(self) -> None:
         """
         Exceptions that need more arguments fall back to a parent type.
