@@ -11,7 +11,7 @@ TRIAL_ARGS ?= -j2
 SYSTEM_COMMANDS := nc openssl rdate haproxy
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy
 
-.PHONY: run test trial lint sysdeps bench clean
+.PHONY: run test trial lint sysdeps bench bench-objects clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench/echoload: bench/echoload.c
 ## bench: netd against its peers, side by side
 bench: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/echo_bench.py
+	$(BIN)/python bench/objects_bench.py
+
+## bench-objects: objects round trips/s, netd against the stdlib's Listener
+bench-objects: $(VENV)/.installed
+	$(BIN)/python bench/objects_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload

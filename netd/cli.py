@@ -110,6 +110,12 @@ class Options(usage.Options):
         ["daytime", None, _lazy("netd.clockclient.DaytimeCommand"), "Daytime."],
         ["time", None, _lazy("netd.clockclient.TimeCommand"), "RFC 868 time."],
         ["sntp", None, _lazy("netd.clockclient.SNTPCommand"), "An SNTP exchange."],
+        [
+            "objects",
+            None,
+            _lazy("netd.objectsclient.ObjectsCommand"),
+            "Send an object.",
+        ],
     ]
 
     def postOptions(self) -> None:

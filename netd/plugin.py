@@ -49,12 +49,26 @@ class INetdService(Interface):
         "C{Sequence}: L{twisted.python.usage.Options}-style flags "
         "C{[name, None, doc]}, named without the service prefix."
     )
+    optRepeatable = Attribute(
+        "C{Sequence}: repeatable options C{[name, None, doc]}, named without "
+        "the service prefix; each gives a C{list[str]} (a list of strings in "
+        "the config file). Optional: netd treats a missing one as empty."
+    )
 
     def validate(options: Mapping[str, Any]) -> None:
         """
         Check the service's own options together, before anything is built.
 
         @param options: the service's options by their short names.
+        @raise twisted.python.usage.UsageError: quoting the bad value.
+        """
+
+    def validateEndpoints(options: Mapping[str, Any], endpoints: Sequence[str]) -> None:
+        """
+        Check the service's options against the endpoints it will listen on
+        (optional: netd skips a provider without it).
+
+        @param endpoints: the endpoint descriptions, defaults filled in.
         @raise twisted.python.usage.UsageError: quoting the bad value.
         """
 
@@ -92,10 +106,18 @@ class ServicePlugin:
     datagram: bool = False
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
+    optRepeatable: Sequence[Sequence[Any]] = ()
 
     def validate(self, options: Mapping[str, Any]) -> None:
         """
         Accept any combination of options; override to check them together.
+        """
+
+    def validateEndpoints(
+        self, options: Mapping[str, Any], endpoints: Sequence[str]
+    ) -> None:
+        """
+        Accept any endpoints; override to check options against them.
         """
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:

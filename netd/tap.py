@@ -42,6 +42,18 @@ _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout"
 _GLOBAL_KEYS = frozenset({"services", *POLICY_KEYS})
 
 
+def _repeatableOption(key: str, doc: str) -> Any:
+    """
+    Make the C{opt_NAME_OPTION} handler of a service's repeatable option.
+    """
+
+    def opt(self: Options, value: str) -> None:
+        self[key].append(value)
+
+    opt.__doc__ = f"{doc} (repeatable)"
+    return opt
+
+
 def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     """
     Make the C{opt_NAME} handler that collects a service's endpoints.
@@ -128,6 +140,9 @@ class Options(usage.Options):
                 )
             for name, _short, doc in _padded(service.optFlags, 3):
                 attributes["optFlags"].append([f"{service.name}-{name}", None, doc])
+            for name, _short, doc in _repeatables(service):
+                key = f"{service.name}-{name}"
+                attributes["opt_" + key.replace("-", "_")] = _repeatableOption(key, doc)
         self: Options = super().__new__(type(cls.__name__, (cls,), attributes))
         self.available = found
         return self
@@ -137,6 +152,9 @@ class Options(usage.Options):
         self["endpoints"] = {service.name: [] for service in self.available}
         self["allow"] = []
         self["deny"] = []
+        for service in self.available:
+            for name, *_ in _repeatables(service):
+                self[f"{service.name}-{name}"] = []
 
     def opt_allow(self, cidr: str) -> None:
         """Only clients in this range may connect (repeatable; e.g. 10.0.0.0/8, ::1)"""
@@ -168,6 +186,12 @@ class Options(usage.Options):
             self["endpoints"][service.name] = self._endpoints(service, table)
             self["serviceOptions"][service.name] = self._serviceOptions(service, table)
             service.validate(self["serviceOptions"][service.name])
+            validateEndpoints = getattr(service, "validateEndpoints", None)
+            if validateEndpoints is not None:
+                validateEndpoints(
+                    self["serviceOptions"][service.name],
+                    self["endpoints"][service.name],
+                )
             self["policies"][service.name] = self._policySettings(
                 service.name, table, fileConfig
             )
@@ -180,7 +204,17 @@ class Options(usage.Options):
         the service's table and the file's top level; every other key takes
         the first of those that sets it.
         """
-        levels = [("", fileConfig), (f"{serviceName}.", table)]
+        policy = table.get("policy", {})
+        if not isinstance(policy, dict):
+            raise usage.UsageError(
+                f"{serviceName}.policy must be a table, not {policy!r}"
+            )
+        for key in policy:
+            if key not in POLICY_KEYS:
+                raise usage.UsageError(
+                    f"unknown key {serviceName}.policy.{key!r} in the config file"
+                )
+        levels = [("", fileConfig), (f"{serviceName}.policy.", policy)]
         values: dict[str, Any] = {}
         for key in ("max-connections", "max-per-source", "idle-timeout"):
             coerce = float if key == "idle-timeout" else int
@@ -246,7 +280,7 @@ class Options(usage.Options):
     def _serviceOptions(
         self, service: INetdService, table: dict[str, Any]
     ) -> dict[str, Any]:
-        known = {"endpoints", *POLICY_KEYS}
+        known = {"endpoints", "policy"}
         options: dict[str, Any] = {}
         for name, _short, default, _doc, coerce in _padded(service.optParameters, 5):
             known.add(name)
@@ -260,6 +294,12 @@ class Options(usage.Options):
             if not value and name in table:
                 value = configFlag(f"{service.name}.{name}", table[name])
             options[name] = value
+        for name, *_ in _repeatables(service):
+            known.add(name)
+            values = list(self[f"{service.name}-{name}"])
+            if not values and name in table:
+                values = configStrings(f"{service.name}.{name}", table[name])
+            options[name] = values
         for key in table:
             if key not in known:
                 raise usage.UsageError(
@@ -277,6 +317,10 @@ def _networks(option: str, ranges: list[str]) -> list[Any]:
 
 def _padded(rows: Iterable[Iterable[Any]], width: int) -> list[list[Any]]:
     return [(list(row) + [None] * width)[:width] for row in rows]
+
+
+def _repeatables(service: INetdService) -> list[list[Any]]:
+    return _padded(getattr(service, "optRepeatable", ()), 3)
 
 
 def _coerceOf(service: INetdService, name: str) -> Any:

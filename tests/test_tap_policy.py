@@ -83,13 +83,13 @@ class PolicyOptionsTests(SynchronousTestCase):
 
     def test_configLevels(self) -> None:
         """
-        A service's table overrides the file's top level; the command line
+        A service's policy table overrides the file's top level; the command line
         overrides both; deny ranges add up from every level.
         """
         config = (
             'allow = ["10.0.0.0/8"]\ndeny = ["10.1.0.0/16"]\n'
             "max-connections = 50\nidle-timeout = 60\n"
-            '[echo]\nallow = ["192.0.2.0/24"]\ndeny = ["192.0.2.9"]\n'
+            '[echo.policy]\nallow = ["192.0.2.0/24"]\ndeny = ["192.0.2.9"]\n'
             "max-connections = 7\n"
         )
         settings = self.parse(config=config)["policies"]["echo"]
@@ -111,8 +111,10 @@ class PolicyOptionsTests(SynchronousTestCase):
         A config value of the wrong type is a usage error naming the key;
         unknown keys are still refused.
         """
-        error = self.assertRaises(UsageError, self.parse, config="[echo]\nallow = 5\n")
-        self.assertIn("echo.allow", str(error))
+        error = self.assertRaises(
+            UsageError, self.parse, config="[echo.policy]\nallow = 5\n"
+        )
+        self.assertIn("echo.policy.allow", str(error))
         error = self.assertRaises(
             UsageError, self.parse, config='max-per-source = "many"\n'
         )

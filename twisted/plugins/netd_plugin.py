@@ -9,6 +9,7 @@ from twisted.application.service import ServiceMaker
 
 from netd.services.clock import daytime, sntp, time
 from netd.services.echo import echo
+from netd.services.objects import objects
 from netd.tls import tlsServerParser
 
 netd = ServiceMaker(
@@ -18,4 +19,4 @@ netd = ServiceMaker(
     "netd",
 )
 
-__all__ = ["netd", "echo", "daytime", "time", "sntp", "tlsServerParser"]
+__all__ = ["netd", "echo", "daytime", "time", "sntp", "objects", "tlsServerParser"]

@@ -1,0 +1,185 @@
+# -*- test-case-name: tests.test_objects -*-
+"""
+A Twisted client for the objects service (or any
+C{multiprocessing.connection} listener): the same handshake as the standard
+library's C{Client}, then Deferred-based calls.
+
+    client = yield connectObjects(TCP4ClientEndpoint(reactor, host, 50016),
+                                  authkey=b"secret")
+    reply = yield client.call((1, 2))
+
+Any L{IStreamClientEndpoint} works, so TLS is a matter of passing a TLS
+endpoint (C{wrapClientTLS}). Replies are unpickled with the same
+L{RestrictedUnpickler} as requests on the server, plus the builtin
+exceptions the server replies with: a client does not trust its server to
+run code either.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import connectProtocol
+
+from netd.objects import (
+    CHALLENGE,
+    FAILURE,
+    WELCOME,
+    AuthenticationError,
+    FrameReceiver,
+    createResponse,
+    loadRestricted,
+    newChallenge,
+    verifyResponse,
+)
+
+BUILTIN_EXCEPTIONS: dict[tuple[str, str], Any] = {
+    ("builtins", name): value
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+}
+"""The names a reply may use beyond plain data: every builtin exception."""
+
+
+class ObjectsClientProtocol(FrameReceiver):
+    """
+    One connection to an objects server.
+
+    @ivar ready: fires with this protocol once the handshake is done (at
+        once without an authkey), or fails with L{AuthenticationError}.
+    """
+
+    def __init__(
+        self,
+        authkey: bytes | None = None,
+        protocol: int = pickle.DEFAULT_PROTOCOL,
+        maxBytes: int = 64 * 1024 * 1024,
+        allowed: Mapping[tuple[str, str], Any] | None = None,
+    ) -> None:
+        """
+        @param authkey: the shared key, or L{None} for a server without one.
+        @param protocol: the pickle protocol of requests (the server replies
+            in no higher a one).
+        @param maxBytes: the largest reply frame accepted.
+        @param allowed: extra globals replies may use, beside plain data and
+            builtin exceptions.
+        """
+        super().__init__()
+        self.authkey = authkey
+        self.protocol = protocol
+        self.maxBytes = maxBytes
+        self.allowed = {**BUILTIN_EXCEPTIONS, **(allowed or {})}
+        self.ready: defer.Deferred[ObjectsClientProtocol] = defer.Deferred()
+        self._state = "challenge"
+        self._challenge = b""
+        self._waiting: deque[defer.Deferred[Any]] = deque()
+
+    def connectionMade(self) -> None:
+        if self.authkey is None:
+            self._ready()
+
+    def _ready(self) -> None:
+        self._state = "ready"
+        self.maxFrameLength = self.maxBytes
+        self.ready.callback(self)
+
+    def frameReceived(self, frame: bytes) -> None:
+        if self._state == "ready":
+            self._reply(frame)
+        elif self._state == "challenge":
+            message = frame[len(CHALLENGE) :]
+            if not frame.startswith(CHALLENGE) or len(message) < 20:
+                self._fail("protocol error, expected a challenge")
+                return
+            assert self.authkey is not None
+            try:
+                self.sendFrame(createResponse(self.authkey, message))
+            except AuthenticationError as error:
+                self._fail(str(error))
+                return
+            self._state = "welcome"
+        elif self._state == "welcome":
+            if frame != WELCOME:
+                self._fail("digest sent was rejected")
+                return
+            self._challenge = newChallenge()
+            self.sendFrame(CHALLENGE + self._challenge)
+            self._state = "response"
+        else:
+            assert self.authkey is not None
+            try:
+                verifyResponse(self.authkey, self._challenge, frame)
+            except AuthenticationError as error:
+                self.sendFrame(FAILURE)
+                self._fail(str(error))
+                return
+            self.sendFrame(WELCOME)
+            self._ready()
+
+    def _fail(self, reason: str) -> None:
+        self._state = "failed"
+        self._closing = True
+        self.transport.loseConnection()
+        if not self.ready.called:
+            self.ready.errback(AuthenticationError(reason))
+
+    def call(self, request: Any) -> defer.Deferred[Any]:
+        """
+        Send one object; fire with the reply, or fail with the exception the
+        server replied with.
+        """
+        if self._state != "ready":
+            return defer.fail(ConnectionError("the connection is not ready"))
+        waiting: defer.Deferred[Any] = defer.Deferred()
+        self._waiting.append(waiting)
+        self.sendFrame(pickle.dumps(request, self.protocol))
+        return waiting
+
+    def _reply(self, frame: bytes) -> None:
+        if not self._waiting:
+            self.badFrame("a reply to no request")
+            return
+        waiting = self._waiting.popleft()
+        try:
+            reply = loadRestricted(frame, self.allowed)
+        except Exception as error:
+            waiting.errback(error)
+            return
+        if isinstance(reply, Exception):
+            waiting.errback(reply)
+        else:
+            waiting.callback(reply)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._closing = True
+        if not self.ready.called:
+            self.ready.errback(
+                AuthenticationError("the server closed during the handshake")
+            )
+        waiting, self._waiting = self._waiting, deque()
+        for pending in waiting:
+            pending.errback(ConnectionError("the server closed before replying"))
+
+
+async def _connected(endpoint: Any, client: ObjectsClientProtocol) -> Any:
+    await connectProtocol(endpoint, client)
+    return await client.ready
+
+
+def connectObjects(
+    endpoint: Any, authkey: bytes | None = None, **options: Any
+) -> defer.Deferred[ObjectsClientProtocol]:
+    """
+    Connect to an objects server and do the handshake.
+
+    @param endpoint: any L{IStreamClientEndpoint}.
+    @param options: more arguments for L{ObjectsClientProtocol}.
+    @return: fires with the ready L{ObjectsClientProtocol}.
+    """
+    client = ObjectsClientProtocol(authkey, **options)
+    return defer.Deferred.fromCoroutine(_connected(endpoint, client))
