@@ -156,6 +156,20 @@ class Options(usage.Options):
             for name, *_ in _repeatables(service):
                 self[f"{service.name}-{name}"] = []
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as L{usage.Options} does; but under twistd, a mistake ends
+        start-up with one line rather than twistd's whole usage text first.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as error:
+            if self.parent is None:
+                raise
+            raise SystemExit(
+                f"twistd netd: {error} (twistd netd --help lists the options)"
+            ) from None
+
     def opt_allow(self, cidr: str) -> None:
         """Only clients in this range may connect (repeatable; e.g. 10.0.0.0/8, ::1)"""
         self["allow"].append(cidr)

@@ -202,10 +202,40 @@ class StartupErrorTests(TestCase):
     @defer.inlineCallbacks
     def test_unknownService(self) -> Any:
         """
-        An unknown service is named, after twistd's usage text.
+        An unknown service is named, in one line: not after the whole usage
+        text, as twistd would print it.
         """
-        line = yield self.startWrongly("--services", "chargen")
-        self.assertIn("unknown service 'chargen'", line)
+        path = self.mktemp()
+        os.makedirs(path)
+        out, err, code = yield runCommand(
+            TWISTD,
+            "-n",
+            "netd",
+            "--services",
+            "chargen",
+            "--echo-delay",
+            "1",
+            path=path,
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(out, b"")
+        self.assertRegex(
+            err.decode(),
+            r"\Atwistd netd: unknown service 'chargen' \(known: [a-z, ]*echo[a-z, ]*\) "
+            r"\(twistd netd --help lists the options\)\n\Z",
+        )
+
+    @defer.inlineCallbacks
+    def test_badValue(self) -> Any:
+        """
+        A value a service refuses is quoted in one line.
+        """
+        line = yield self.startWrongly("--echo-delay", "-1")
+        self.assertEqual(
+            line,
+            "twistd netd: --echo-delay must not be negative, not -1.0 "
+            "(twistd netd --help lists the options)",
+        )
 
     @defer.inlineCallbacks
     def test_badConfig(self) -> Any:
