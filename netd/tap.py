@@ -13,22 +13,23 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from netd.config import configFlag, configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
+from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
     StartupError,
     StreamListener,
+    checkDatagramEndpoint,
     isDatagramEndpoint,
-    parseDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
+from netd.systemd import Notifier
 
-_GLOBAL_KEYS = frozenset({"services"})
+_GLOBAL_KEYS = frozenset({"services", "grace"})
 
 
 def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
@@ -68,7 +69,17 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Read options from this TOML file."],
         ["services", None, None, "Comma-separated services to run [default: all]."],
+        [
+            "grace",
+            None,
+            None,
+            "Seconds connections in flight get to finish when netd stops "
+            f"[default: {DEFAULT_GRACE:g}].",
+            float,
+        ],
     ]
+
+    argv: list[str] = []
 
     def __new__(cls, services: Iterable[INetdService] | None = None) -> Options:
         """
@@ -101,6 +112,25 @@ class Options(usage.Options):
         super().__init__()
         self["endpoints"] = {service.name: [] for service in self.available}
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse, and remember the command line so that L{reread} can parse it
+        again.
+        """
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def reread(self) -> Options:
+        """
+        Parse the same command line again, reading the config file anew
+        (for a reload): the command line still wins.
+
+        @raise usage.UsageError: when the configuration is now wrong.
+        """
+        fresh = Options(self.available)
+        fresh.parseOptions(self.argv)
+        return fresh
+
     def postOptions(self) -> None:
         """
         Merge the config file under the command line, fill in defaults, and
@@ -109,10 +139,23 @@ class Options(usage.Options):
         fileConfig = loadConfig(self["config"]) if self["config"] else {}
         byName = {service.name: service for service in self.available}
         for key, value in fileConfig.items():
-            if key not in _GLOBAL_KEYS and not (
-                key in byName and isinstance(value, dict)
-            ):
+            if key in byName and not isinstance(value, dict):
+                raise usage.UsageError(
+                    f"{key} must be a table ([{key}]) in the config file, not {value!r}"
+                )
+            if key not in _GLOBAL_KEYS and key not in byName:
                 raise usage.UsageError(f"unknown key {key!r} in the config file")
+
+        if self["grace"] is None:
+            self["grace"] = (
+                configValue("grace", fileConfig["grace"], float)
+                if "grace" in fileConfig
+                else DEFAULT_GRACE
+            )
+        if not 0 <= self["grace"] < float("inf"):
+            raise usage.UsageError(
+                f"--grace must be a number of seconds, not {self['grace']!r}"
+            )
 
         chosen = self._chosenServices(fileConfig, byName)
         self["services"] = chosen
@@ -151,7 +194,7 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"{service.name} does not speak UDP, not {description!r}"
                     )
-                parseDatagramEndpoint(description)
+                checkDatagramEndpoint(description)
             elif not service.stream:
                 raise usage.UsageError(
                     f"{service.name} speaks only UDP (udp:PORT), not {description!r}"
@@ -178,7 +221,7 @@ class Options(usage.Options):
         for key in table:
             if key not in known:
                 raise usage.UsageError(
-                    f"unknown key {service.name}.{key!r} in the config file"
+                    f"unknown key {service.name + '.' + key!r} in the config file"
                 )
         return options
 
@@ -213,15 +256,18 @@ def _reportStartupErrors(previous: Any) -> Any:
     return hook
 
 
-def makeService(config: Options, reactor: Any = None) -> MultiService:
+def makeService(config: Options, reactor: Any = None) -> NetdService:
     """
-    Build netd: one listener service per endpoint of every chosen service.
+    Build netd: one listener service per endpoint of every chosen service,
+    under a L{NetdService} that handles readiness, reload and graceful stop.
 
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
-        and then start-up errors are reported to the operator as one line.
+        and then start-up errors are reported to the operator as one line,
+        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}.
     @raise StartupError: when an endpoint cannot be built.
     """
+    handleSignals = reactor is None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -229,26 +275,36 @@ def makeService(config: Options, reactor: Any = None) -> MultiService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
-    netd = MultiService()
+    netd = NetdService(
+        reactor,
+        {"grace": config["grace"]},
+        reread=config.reread,
+        notifier=Notifier.fromEnvironment() if handleSignals else None,
+        handleSignals=handleSignals,
+    )
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
-        factory = None
-        for description in config["endpoints"][service.name]:
+        running = RunningService(
+            service, dict(options), list(config["endpoints"][service.name])
+        )
+        netd.served[service.name] = running
+        for description in running.endpoints:
             if isDatagramEndpoint(description):
                 protocol = service.makeDatagramProtocol(options, reactor)
+                running.datagramProtocols.append(protocol)
                 listener: Any = DatagramListener(
                     service.name, description, reactor, protocol
                 )
             else:
-                if factory is None:
-                    factory = ConnectionLoggingFactory(
+                if running.factory is None:
+                    running.factory = ConnectionLoggingFactory(
                         service.name, service.makeFactory(options, reactor), reactor
                     )
                 listener = StreamListener(
                     service.name,
                     description,
                     _streamEndpoint(service.name, description, reactor),
-                    factory,
+                    running.factory,
                 )
             listener.setServiceParent(netd)
     return netd

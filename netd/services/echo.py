@@ -6,7 +6,7 @@ C{--echo-delay}, C{--echo-udp-rate}.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.python.usage import UsageError
@@ -66,8 +66,42 @@ class EchoService(ServicePlugin):
         rate = options["udp-rate"]
         return EchoDatagramProtocol(
             EchoReplies(reactor, options["prefix"].encode("utf-8"), options["stamp"]),
-            PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2))),
+            PerSourceRateLimiter(reactor, rate=rate, burst=_burstOf(rate)),
         )
+
+    def reconfigure(
+        self,
+        options: Mapping[str, Any],
+        changed: Collection[str],
+        factory: Any,
+        datagramProtocols: Sequence[Any],
+    ) -> Collection[str]:
+        """
+        Every echo option applies live: the prefix and stamp to the next
+        reply of every connection, open ones included; the delay to new
+        connections; the UDP rate to the next datagram.
+        """
+        replies = [protocol.replies for protocol in datagramProtocols]
+        if factory is not None:
+            replies.append(factory.replies)
+            factory.delay = options["delay"]
+        for reply in replies:
+            reply.prefix = options["prefix"].encode("utf-8")
+            reply.stamp = options["stamp"]
+        for protocol in datagramProtocols:
+            protocol.limiter.rate = options["udp-rate"]
+            protocol.limiter.burst = _burstOf(options["udp-rate"])
+        return [name for name in changed if name in _LIVE_OPTIONS]
+
+
+_LIVE_OPTIONS = frozenset({"prefix", "stamp", "delay", "udp-rate"})
+
+
+def _burstOf(rate: float) -> int:
+    """
+    How many UDP replies a source may have at once: two seconds' worth.
+    """
+    return max(1, int(rate * 2))
 
 
 echo = EchoService()
