@@ -8,8 +8,8 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl
-SYSTEM_PACKAGES := netcat-openbsd openssl
+SYSTEM_COMMANDS := nc openssl systemd-socket-activate systemd-analyze
+SYSTEM_PACKAGES := netcat-openbsd openssl systemd
 
 .PHONY: run test trial lint sysdeps bench clean
 

@@ -103,6 +103,20 @@ class Notifier:
         return self.notify(STOPPING="1", STATUS="stopping")
 
 
+def _inherited() -> Any:
+    from twisted.internet.endpoints import _SystemdParser
+
+    return _SystemdParser._sddaemon
+
+
+def inheritedNames() -> str:
+    """
+    The names of the sockets handed over by the service manager, for
+    messages: C{"echo, echo-udp"}, or C{"none"}.
+    """
+    return ", ".join(sorted(_inherited().inheritedNamedDescriptors())) or "none"
+
+
 def inheritedDescriptor(name: str | None, index: int | None) -> int:
     """
     The file descriptor of a socket handed over by the service manager.
@@ -117,15 +131,12 @@ def inheritedDescriptor(name: str | None, index: int | None) -> int:
     @raise LookupError: with a message for the operator, when there is no
         such socket.
     """
-    from twisted.internet.endpoints import _SystemdParser
-
-    inherited = _SystemdParser._sddaemon
+    inherited = _inherited()
     if name is not None:
         named = inherited.inheritedNamedDescriptors()
         if name not in named:
-            known = ", ".join(sorted(named)) or "none"
             raise LookupError(
-                f"no inherited socket named {name!r} (inherited: {known})"
+                f"no inherited socket named {name!r} (inherited: {inheritedNames()})"
             )
         return named[name]
     assert index is not None

@@ -27,7 +27,7 @@ from netd.listeners import (
     isDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
-from netd.systemd import Notifier
+from netd.systemd import Notifier, inheritedNames
 
 _GLOBAL_KEYS = frozenset({"services", "grace"})
 
@@ -221,7 +221,7 @@ class Options(usage.Options):
         for key in table:
             if key not in known:
                 raise usage.UsageError(
-                    f"unknown key {service.name + '.' + key!r} in the config file"
+                    f"unknown key {service.name}.{key!r} in the config file"
                 )
         return options
 
@@ -313,6 +313,15 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
 def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
     try:
         return serverFromString(reactor, description)
+    except (KeyError, IndexError) as error:
+        if description.split(":", 1)[0] != "systemd":
+            raise StartupError(
+                f"{serviceName}: bad endpoint {description!r}: {error}"
+            ) from error
+        raise StartupError(
+            f"{serviceName}: no inherited socket for {description!r} "
+            f"(inherited: {inheritedNames()})"
+        ) from error
     except Exception as error:
         raise StartupError(
             f"{serviceName}: bad endpoint {description!r}: {error}"

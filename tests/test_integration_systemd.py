@@ -18,7 +18,7 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -71,8 +71,15 @@ class EchoClient(Protocol):
         """
         Send C{data}; fire with the next C{replyLength} bytes received.
         """
-        self._want = (replyLength, defer.Deferred())
+        expected = self.expect(replyLength)
         self.transport.write(data)
+        return expected
+
+    def expect(self, replyLength: int) -> defer.Deferred[bytes]:
+        """
+        Fire with the next C{replyLength} bytes received.
+        """
+        self._want = (replyLength, defer.Deferred())
         return self._want[1]
 
     def dataReceived(self, data: bytes) -> None:
@@ -93,6 +100,53 @@ def connectEcho(port: int) -> defer.Deferred[EchoClient]:
     return connectProtocol(
         TCP4ClientEndpoint(_reactor, "127.0.0.1", port), EchoClient()
     )
+
+
+def heldBy(pid: int, transport: Any) -> bool:
+    """
+    Whether process C{pid} has accepted the far end of a loopback TCP
+    connection and read every byte sent on it: per C{/proc/net/tcp}, the
+    sending side has nothing unsent, the receiving side nothing unread, and
+    the receiving socket is one of C{pid}'s open files.
+    """
+    client = transport.getHost().port, transport.getPeer().port
+    sockets = {}
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            ends = tuple(int(address.split(":")[1], 16) for address in fields[1:3])
+            queues = tuple(int(queue, 16) for queue in fields[4].split(":"))
+            sockets[ends] = (fields[3], queues, fields[9])
+    if client not in sockets or client[::-1] not in sockets:
+        return False
+    (_, (unsent, _), _), (state, (_, unread), inode) = (
+        sockets[client],
+        sockets[client[::-1]],
+    )
+    if (state, unsent, unread) != ("01", 0, 0):
+        return False
+    descriptors = f"/proc/{pid}/fd"
+    return any(
+        os.readlink(os.path.join(descriptors, name)) == f"socket:[{inode}]"
+        for name in os.listdir(descriptors)
+    )
+
+
+def waitUntil(condition: Any, interval: float = 0.05) -> defer.Deferred[None]:
+    """
+    Fire once C{condition()} is true, checking every C{interval} seconds.
+    """
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def check() -> None:
+        if condition():
+            loop.stop()
+            done.callback(None)
+
+    loop = task.LoopingCall(check)
+    loop.start(interval)
+    return done
 
 
 class DatagramClient(DatagramProtocol):
@@ -262,7 +316,7 @@ class ReloadTests(TestCase):
         ready = yield notify.received("READY", 3)
         self.assertIn("reload failed", ready["STATUS"])
         self.assertEqual((yield client.exchange(b"three", 8)), b"B=>three")
-        self.assertIn("unknown key 'echo.bogus'", netd.output.decode())
+        self.assertIn("unknown key echo.'bogus'", netd.output.decode())
         self.assertFalse(client.closed.called)
 
 
@@ -293,12 +347,18 @@ class GracefulStopTests(TestCase):
             listeners=2,
         )
         idle = yield connectEcho(netd.port("echo"))
-        busy = yield connectEcho(netd.port("echo"))
-        reply = busy.exchange(b"hello", 11)
-        # netd handles the datagram after accepting both connections (they
-        # were ready first), so its answer proves netd holds them.
-        udp = listenDatagramClient(self)
-        yield udp.ask(b"sync", netd.port("echo", "UDP"))
+        # "hello" is handed to the kernel now, not buffered by a transport.
+        with socket.create_connection(("127.0.0.1", netd.port("echo"))) as sock:
+            sock.sendall(b"hello")
+            busy = EchoClient()
+            _reactor.adoptStreamConnection(
+                sock.fileno(), socket.AF_INET, Factory.forProtocol(lambda: busy)
+            )
+        reply = busy.expect(11)
+        # Only once netd has read "hello" is its reply in flight; the
+        # kernel shows when (and, for idle, that netd accepted it).
+        for client in (idle, busy):
+            yield waitUntil(lambda c=client: heldBy(netd.transport.pid, c.transport))
         return netd, idle, busy, reply
 
     @defer.inlineCallbacks

@@ -424,7 +424,7 @@ class OptionTests(SynchronousTestCase):
         """
         for text, expected in [
             ("colour = 1", "unknown key 'colour' in the config file"),
-            ("[echo]\ncolour = 1", "unknown key 'echo.colour' in the config file"),
+            ("[echo]\ncolour = 1", "unknown key echo.'colour' in the config file"),
             ("echo = 1", "echo must be a table ([echo]) in the config file, not 1"),
             ("[echo]\nprefix = 1", "echo.prefix must be a string, not 1"),
             ("[echo]\nstamp = 1", "echo.stamp must be true or false, not 1"),

@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import _SystemdParser
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import capturedLogs
 from twisted.python.systemd import ListenFDs
 from twisted.python.usage import UsageError
@@ -24,6 +25,7 @@ from netd.listeners import (
     parseInheritedDatagramEndpoint,
 )
 from netd.systemd import Notifier, inheritedDescriptor
+from netd.tap import Options, makeService
 
 
 class NotifierTests(SynchronousTestCase):
@@ -161,6 +163,30 @@ class InheritedDatagramEndpointTests(SynchronousTestCase):
             inheritedDescriptor(None, 2)
         self.assertEqual(
             str(raised.exception), "no inherited socket number 2 (2 inherited)"
+        )
+
+
+class InheritedStreamEndpointTests(SynchronousTestCase):
+    """
+    A C{systemd:} stream endpoint naming no inherited socket.
+    """
+
+    def test_missingNameIsOneLine(self) -> None:
+        """
+        Building netd with a C{systemd:} endpoint whose name systemd did
+        not hand over stops start-up with a line naming what there is.
+        """
+        self.patch(_SystemdParser, "_sddaemon", ListenFDs([3], ("echo",)))
+        options = Options()
+        options.parseOptions(
+            ["--services", "echo", "--echo", "systemd:domain=INET:name=getfile"]
+        )
+        with self.assertRaises(StartupError) as raised:
+            makeService(options, reactor=MemoryReactor())
+        self.assertEqual(
+            str(raised.exception),
+            "echo: no inherited socket for 'systemd:domain=INET:name=getfile' "
+            "(inherited: echo)",
         )
 
 
