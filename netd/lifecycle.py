@@ -61,6 +61,10 @@ class NetdService(MultiService):
     @ivar served: the L{RunningService}s by service name.
     @ivar settings: the global options that a reload may change (C{grace},
         ...), as currently applied.
+    @ivar liveSettings: for each global option that a reload applies
+        without a restart, what applies a new value (the tap adds its own,
+        such as an access policy's); a changed option not in here needs a
+        restart.
     """
 
     log = Logger()
@@ -90,6 +94,8 @@ class NetdService(MultiService):
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.handleSignals = handleSignals
         self.served: dict[str, RunningService] = {}
+        # grace needs no applying: stopService reads it from settings.
+        self.liveSettings: dict[str, Callable[[Any], None]] = {"grace": _nothing}
         self.status = "starting"
         self._previousHangUp: Any = None
 
@@ -128,7 +134,6 @@ class NetdService(MultiService):
         Stop accepting, ask every open connection to finish, and fire once
         they all ended or the grace period is over, when the rest are aborted.
         """
-        self.notifier.stopping()
         if self._previousHangUp is not None:
             signal.signal(signal.SIGHUP, self._previousHangUp)
             self._previousHangUp = None
@@ -160,7 +165,29 @@ class NetdService(MultiService):
                 self.settings["grace"], self._graceOver, factories, stopped
             )
             stopped.addBoth(lambda result: timer.active() and timer.cancel())
+            if self.handleSignals:
+                self._hurryOnSignal(timer)
+        # Last, so that a signal sent on seeing it finds the stop under way.
+        self.notifier.stopping()
         return DeferredList([listening, stopped]).addCallback(lambda _: None)
+
+    def _hurryOnSignal(self, timer: Any) -> None:
+        """
+        While the grace period runs, a second C{SIGTERM} or C{SIGINT} ends
+        it at once (twistd's own handlers would only complain that the
+        reactor is already stopping).
+        """
+
+        def hurry() -> None:
+            if timer.active():
+                self.log.info("stopping again: not waiting for the grace period")
+                timer.reset(0)
+
+        def handler(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(hurry)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
 
     def _stopGracefully(self, connection: Any) -> None:
         protocol = getattr(connection, "wrappedProtocol", connection)
@@ -219,6 +246,7 @@ class NetdService(MultiService):
             self.notifier.ready(f"reload failed: {error}; {self.status}")
             return False
         needsRestart = self._reloadGlobals(fresh)
+        self._reloadEndpoints(fresh)
         freshNames = [service.name for service in fresh["services"]]
         if sorted(freshNames) != sorted(self.served):
             needsRestart.append("services")
@@ -247,12 +275,45 @@ class NetdService(MultiService):
             new = fresh[key]
             if new == old:
                 continue
-            if key in LIVE_SETTINGS:
-                self.settings[key] = new
-                self._logApplied(key, old, new)
-            else:
+            apply = self.liveSettings.get(key)
+            if apply is None:
                 needsRestart.append(key)
+                continue
+            try:
+                apply(new)
+            except Exception:
+                self.log.failure("reload: applying {key} failed", key=key)
+                needsRestart.append(key)
+                continue
+            self.settings[key] = new
+            self._logApplied(key, old, new)
         return needsRestart
+
+    def _reloadEndpoints(self, fresh: Mapping[str, Any]) -> None:
+        """
+        Let every listening endpoint that offers C{reload()} re-read its
+        own files (a TLS endpoint its key and certificates), when its
+        description did not change.
+        """
+        for listener in self:
+            reload = getattr(getattr(listener, "endpoint", None), "reload", None)
+            endpoints = fresh["endpoints"].get(listener.serviceName, [])
+            if reload is None or listener.description not in endpoints:
+                continue
+            try:
+                reload()
+            except Exception:
+                self.log.failure(
+                    "reload: {service} endpoint {endpoint} failed to reload",
+                    service=listener.serviceName,
+                    endpoint=listener.description,
+                )
+            else:
+                self.log.info(
+                    "reload: {service} endpoint {endpoint} reloaded",
+                    service=listener.serviceName,
+                    endpoint=listener.description,
+                )
 
     def _reloadService(
         self, running: RunningService, endpoints: list[str], options: dict[str, Any]
@@ -292,5 +353,7 @@ class NetdService(MultiService):
         )
 
 
-#: The global options a reload applies without a restart.
-LIVE_SETTINGS = frozenset({"grace"})
+def _nothing(value: object) -> None:
+    """
+    Apply a setting that is only ever read where it is used.
+    """

@@ -327,7 +327,9 @@ class GracefulStopTests(TestCase):
     """
 
     @defer.inlineCallbacks
-    def _startDelayed(self, delay: str, grace: str) -> defer.Generator:
+    def _startDelayed(
+        self, delay: str, grace: str, env: dict[str, str] | None = None
+    ) -> defer.Generator:
         """
         netd with a delayed first echo reply, and a client whose message
         netd has accepted and is holding.
@@ -345,6 +347,7 @@ class GracefulStopTests(TestCase):
             "--grace",
             grace,
             listeners=2,
+            env=env,
         )
         idle = yield connectEcho(netd.port("echo"))
         # "hello" is handed to the kernel now, not buffered by a transport.
@@ -394,6 +397,29 @@ class GracefulStopTests(TestCase):
         )
 
     test_graceOverAbortsTheRest.timeout = 60  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def test_secondSignalEndsGrace(self) -> defer.Generator:
+        """
+        A second C{SIGTERM} while the grace period runs ends it: the busy
+        connection is aborted and netd exits at once (grace and reply are
+        ten minutes away, beyond the test's time-out).
+        """
+        notify = listenNotifySocket(self)
+        netd, _idle, busy, reply = yield self._startDelayed(
+            "600", "600", env=projectEnvironment(NOTIFY_SOCKET=notify.address)
+        )
+        netd.signal("TERM")
+        yield notify.received("STOPPING")
+        netd.signal("TERM")
+        yield busy.closed
+        self.assertFalse(reply.called)
+        yield netd.ended
+        self.assertIn(
+            "stopping again: not waiting for the grace period", netd.output.decode()
+        )
+
+    test_secondSignalEndsGrace.timeout = 60  # type: ignore[attr-defined]
 
 
 class SocketActivationTests(TestCase):

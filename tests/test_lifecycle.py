@@ -265,6 +265,57 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(built.netd.settings["grace"], 3.0)
         self.assertIn("reload: grace changed from 10.0 to 3.0", logged)
 
+    def test_settingsWithoutApplierNeedRestart(self) -> None:
+        """
+        A global option with no way to apply it live needs a restart; one
+        whose applier fails too, with the failure logged.
+        """
+        built = Built(self, ECHO)
+        del built.netd.liveSettings["grace"]
+        _ok, logged = built.reload("grace = 3\n" + ECHO)
+        self.assertIn("reload: grace changed; it needs a restart", logged)
+        self.assertEqual(built.netd.settings["grace"], DEFAULT_GRACE)
+
+        def refuse(value: object) -> None:
+            raise ValueError(value)
+
+        built.netd.liveSettings["grace"] = refuse
+        _ok, logged = built.reload("grace = 4\n" + ECHO)
+        self.assertIn("reload: applying grace failed", logged)
+        self.assertIn("reload: grace changed; it needs a restart", logged)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    def test_endpointsReloadTheirFiles(self) -> None:
+        """
+        A listener's endpoint that offers C{reload()} (as a TLS endpoint
+        re-reading its certificate would) is called on every reload that
+        keeps its description, and not when the description changed; its
+        failure is logged and netd goes on.
+        """
+        built = Built(self, 'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n')
+        calls: list[str] = []
+
+        class Endpoint:
+            def reload(self) -> None:
+                calls.append("reload")
+                if len(calls) == 2:
+                    raise OSError("certificate gone")
+
+        [listener] = list(built.netd)
+        listener.endpoint = Endpoint()
+        _ok, logged = built.reload(
+            'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n'
+        )
+        self.assertEqual(calls, ["reload"])
+        self.assertIn("reload: echo endpoint tcp:0 reloaded", logged)
+        _ok, logged = built.reload(
+            'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n'
+        )
+        self.assertIn("reload: echo endpoint tcp:0 failed to reload", logged)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        built.reload('services = ["echo"]\n[echo]\nendpoints = ["tcp:1"]\n')
+        self.assertEqual(len(calls), 2)
+
     def test_notifiesAround(self) -> None:
         """
         A reload is framed by C{RELOADING=1} and C{READY=1}, even a failed
