@@ -148,6 +148,25 @@ def inheritedDescriptor(name: str | None, index: int | None) -> int:
     return descriptors[index]
 
 
+def familyMismatch(descriptor: int, family: int) -> str | None:
+    """
+    Why an inherited socket does not fit the address family the operator
+    declared (Twisted would adopt it anyway, and report nonsense addresses).
+
+    @return: a message for the operator, or L{None} when it fits.
+    """
+    with socket.socket(fileno=os.dup(descriptor)) as probe:
+        actual = probe.family
+    if actual == family:
+        return None
+    domain = {socket.AF_INET: "INET", socket.AF_INET6: "INET6"}.get(actual)
+    advice = f": use domain={domain}" if domain else ""
+    return (
+        f"the inherited socket is {socket.AddressFamily(actual).name}, "
+        f"not {socket.AddressFamily(family).name}{advice}"
+    )
+
+
 def adoptDatagramSocket(
     reactor: Any, descriptor: int, family: int, protocol: Any
 ) -> Any:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
 from netd.config import configFlag, configStrings, configValue, loadConfig
@@ -27,7 +27,7 @@ from netd.listeners import (
     isDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
-from netd.systemd import Notifier, inheritedNames
+from netd.systemd import Notifier, familyMismatch, inheritedNames
 
 _GLOBAL_KEYS = frozenset({"services", "grace"})
 
@@ -312,7 +312,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
 
 def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
     try:
-        return serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, description)
     except (KeyError, IndexError) as error:
         if description.split(":", 1)[0] != "systemd":
             raise StartupError(
@@ -326,3 +326,8 @@ def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
         raise StartupError(
             f"{serviceName}: bad endpoint {description!r}: {error}"
         ) from error
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        problem = familyMismatch(endpoint.fileno, endpoint.addressFamily)
+        if problem is not None:
+            raise StartupError(f"{serviceName}: {description!r}: {problem}")
+    return endpoint

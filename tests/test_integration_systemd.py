@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from netd.plugin import discoverServices
+from netd.tap import Options
 from tests.common import (
     PROJECT,
     TWISTD,
@@ -34,6 +35,9 @@ from tests.common import (
 )
 
 ETC = os.path.join(PROJECT, "etc")
+
+#: Options naming a directory that the example configs set to a system path.
+PATH_OPTIONS = ("getfile-root",)
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate") or "systemd-socket-activate"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze") or "systemd-analyze"
 
@@ -189,10 +193,8 @@ def installedConfig(testCase: TestCase, path: str) -> tuple[str, list[str]]:
     """
     with open(path, "rb") as stream:
         config = tomllib.load(stream)
-    installed = {service.name for service in discoverServices()}
-    leftOut = sorted(
-        key for key in config if key in PENDING_NAMES and key not in installed
-    )
+    known = set(Options().synonyms)  # every option: services, globals
+    leftOut = sorted(key for key in config if key in PENDING_NAMES - known)
     lines = []
     if "services" in config:
         names = [name for name in config["services"] if name not in leftOut]
@@ -209,6 +211,22 @@ def installedConfig(testCase: TestCase, path: str) -> tuple[str, list[str]]:
     with open(copy, "w") as stream:
         stream.write("\n".join(lines) + "\n")
     return copy, leftOut
+
+
+def localPaths(testCase: TestCase) -> list[str]:
+    """
+    Command-line options that point the example configs' system paths
+    (C{/srv/netd}...) at a fresh directory, for the options installed.
+    """
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    known = set(Options().synonyms)
+    return [
+        argument
+        for option in PATH_OPTIONS
+        if option in known
+        for argument in (f"--{option}", directory)
+    ]
 
 
 def _toml(value: Any) -> str:
@@ -467,6 +485,7 @@ class SocketActivationTests(TestCase):
             self,
             "--config",
             config,
+            *localPaths(self),
             listeners=len(endpoints),
             launcher=launcher,
         )
@@ -612,13 +631,19 @@ class ExampleConfigTests(TestCase):
         services = [
             service for service in discoverServices() if service.name not in leftOut
         ]
-        arguments = ["--config", config]
+        arguments = ["--config", config, *localPaths(self)]
         for service in services:
             if service.stream:
                 arguments += [f"--{service.name}", "tcp:0:interface=127.0.0.1"]
             if service.datagram:
                 arguments += [f"--{service.name}", "udp:0:interface=127.0.0.1"]
-        netd = yield runNetd(self, *arguments, listeners=len(arguments) // 2 - 1)
+        netd = yield runNetd(
+            self,
+            *arguments,
+            listeners=sum(
+                a.startswith("tcp:") or a.startswith("udp:") for a in arguments
+            ),
+        )
         self.assertEqual(
             sorted({name for name, *_ in netd.addresses}),
             sorted(service.name for service in services),

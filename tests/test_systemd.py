@@ -189,6 +189,27 @@ class InheritedStreamEndpointTests(SynchronousTestCase):
             "(inherited: echo)",
         )
 
+    def test_wrongDomain(self) -> None:
+        """
+        An IPv6 socket under C{domain=INET} stops start-up with a line
+        saying which domain it needs.
+        """
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.addCleanup(sock.close)
+        sock.bind(("::1", 0))
+        self.patch(_SystemdParser, "_sddaemon", ListenFDs([sock.fileno()], ("echo",)))
+        options = Options()
+        options.parseOptions(
+            ["--services", "echo", "--echo", "systemd:domain=INET:name=echo"]
+        )
+        with self.assertRaises(StartupError) as raised:
+            makeService(options, reactor=MemoryReactor())
+        self.assertEqual(
+            str(raised.exception),
+            "echo: 'systemd:domain=INET:name=echo': the inherited socket is "
+            "AF_INET6, not AF_INET: use domain=INET6",
+        )
+
 
 class Reply(DatagramProtocol):
     def datagramReceived(self, data: bytes, address: object) -> None:
