@@ -168,23 +168,29 @@ class InheritedDatagramEndpointTests(SynchronousTestCase):
 
 class InheritedStreamEndpointTests(SynchronousTestCase):
     """
-    A C{systemd:} stream endpoint naming no inherited socket.
+    A C{systemd:} stream endpoint naming no inherited socket, or the wrong
+    kind.
     """
+
+    def startupError(self, descriptor: int, endpoint: str) -> str:
+        """
+        The start-up error of building echo on C{endpoint} when systemd
+        handed over C{descriptor} named C{echo}.
+        """
+        self.patch(_SystemdParser, "_sddaemon", ListenFDs([descriptor], ("echo",)))
+        options = Options()
+        options.parseOptions(["--services", "echo", "--echo", endpoint])
+        with self.assertRaises(StartupError) as raised:
+            makeService(options, reactor=MemoryReactor())
+        return str(raised.exception)
 
     def test_missingNameIsOneLine(self) -> None:
         """
         Building netd with a C{systemd:} endpoint whose name systemd did
         not hand over stops start-up with a line naming what there is.
         """
-        self.patch(_SystemdParser, "_sddaemon", ListenFDs([3], ("echo",)))
-        options = Options()
-        options.parseOptions(
-            ["--services", "echo", "--echo", "systemd:domain=INET:name=getfile"]
-        )
-        with self.assertRaises(StartupError) as raised:
-            makeService(options, reactor=MemoryReactor())
         self.assertEqual(
-            str(raised.exception),
+            self.startupError(3, "systemd:domain=INET:name=getfile"),
             "echo: no inherited socket for 'systemd:domain=INET:name=getfile' "
             "(inherited: echo)",
         )
@@ -197,15 +203,8 @@ class InheritedStreamEndpointTests(SynchronousTestCase):
         sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         self.addCleanup(sock.close)
         sock.bind(("::1", 0))
-        self.patch(_SystemdParser, "_sddaemon", ListenFDs([sock.fileno()], ("echo",)))
-        options = Options()
-        options.parseOptions(
-            ["--services", "echo", "--echo", "systemd:domain=INET:name=echo"]
-        )
-        with self.assertRaises(StartupError) as raised:
-            makeService(options, reactor=MemoryReactor())
         self.assertEqual(
-            str(raised.exception),
+            self.startupError(sock.fileno(), "systemd:domain=INET:name=echo"),
             "echo: 'systemd:domain=INET:name=echo': the inherited socket is "
             "AF_INET6, not AF_INET: use domain=INET6",
         )
