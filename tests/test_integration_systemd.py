@@ -452,7 +452,8 @@ class SocketActivationTests(TestCase):
         Under C{systemd-socket-activate} with one named socket per endpoint
         of C{etc/netd-socket.toml} (TCP and UDP), netd started by the first
         datagram serves every installed service on exactly those sockets,
-        and answers that first datagram.
+        answers that first datagram, and tells C{$NOTIFY_SOCKET} it is
+        ready, as under netd.socket and netd.service.
         """
         config, _leftOut = installedConfig(self, os.path.join(ETC, "netd-socket.toml"))
         with open(config, "rb") as stream:
@@ -472,11 +473,14 @@ class SocketActivationTests(TestCase):
             else:
                 datagrams[match[2]] = freePort(socket.SOCK_DGRAM)
         self.assertIn("echo-udp", datagrams)
+        notify = listenNotifySocket(self)
         # The activator serves one kind of socket: the datagram one hands
-        # its sockets on to the stream one, which names them all.
-        launcher = [SOCKET_ACTIVATE, "--datagram"]
+        # its sockets on to the stream one, which names them all. Each
+        # passes on only the environment it is told to, as systemd does.
+        passOn = ["--setenv=PYTHONPATH", "--setenv=NOTIFY_SOCKET"]
+        launcher = [SOCKET_ACTIVATE, "--datagram", *passOn]
         launcher += [f"--listen=127.0.0.1:{port}" for port in datagrams.values()]
-        launcher += [SOCKET_ACTIVATE]
+        launcher += [SOCKET_ACTIVATE, *passOn]
         launcher += [f"--listen=127.0.0.1:{port}" for port in streams.values()]
         launcher += ["--fdname=" + ":".join([*datagrams, *streams])]
 
@@ -488,6 +492,7 @@ class SocketActivationTests(TestCase):
             *localPaths(self),
             listeners=len(endpoints),
             launcher=launcher,
+            env=projectEnvironment(NOTIFY_SOCKET=notify.address),
         )
         # The first datagram starts netd; resend until the activator listens.
         knock = task.LoopingCall(
@@ -506,6 +511,8 @@ class SocketActivationTests(TestCase):
         client = yield connectEcho(streams["echo"])
         self.assertEqual((yield client.exchange(b"plain", 5)), b"plain")
         self.assertIn(b"knock", udp.replies)
+        ready = yield notify.received("READY")
+        self.assertIn(f"echo TCP 127.0.0.1:{streams['echo']}", ready["STATUS"])
 
 
 class UnitFileTests(TestCase):
@@ -575,6 +582,28 @@ class UnitFileTests(TestCase):
         )
         self.assertEqual(code, 0, out + err)
         self.assertRegex(out.decode(), r"exposure level for netd.service: [01]\.\d")
+
+    def test_execStartIsWhatTestsRun(self) -> None:
+        """
+        netd.service runs C{twistd --nodaemon --pidfile= netd --config FILE}:
+        the command line L{runNetd} runs in these tests (with this
+        checkout's twistd and a test config), so they run what systemd runs.
+        """
+        with open(os.path.join(ETC, "netd.service")) as stream:
+            [execStart] = [
+                line.strip() for line in stream if line.startswith("ExecStart=")
+            ]
+        self.assertEqual(
+            execStart.split(),
+            [
+                "ExecStart=/opt/netd/bin/twistd",
+                "--nodaemon",
+                "--pidfile=",
+                "netd",
+                "--config",
+                "/etc/netd/netd.toml",
+            ],
+        )
 
     def test_socketsMatchConfig(self) -> None:
         """
