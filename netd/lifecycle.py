@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, FirstError, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
@@ -123,6 +123,8 @@ class NetdService(MultiService):
         self.notifier.ready(self.status)
 
     def _notReady(self, failure: Failure) -> None:
+        if failure.check(FirstError):
+            failure = failure.value.subFailure
         self.status = "a listener failed: " + failure.getErrorMessage()
         self.log.error("netd is not ready: {status}", status=self.status)
         self.notifier.notify(STATUS=self.status)

@@ -15,7 +15,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -175,15 +175,23 @@ class StreamListener(Service):
         """
         super().privilegedStartService()
         failures: list[Failure] = []
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failures.append(failure)
+            else:
+                self._failedLater(failure)
+
         self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, failures.append)
+        self._listening.addCallbacks(self._listened, failed)
+        starting = False
         if failures:
             self._listening = None
             raise StartupError(
                 f"{self.serviceName}: cannot listen on {self.description!r}: "
                 f"{failures[0].getErrorMessage()}"
             )
-        self._listening.addErrback(self._failedLater)
 
     def startService(self) -> None:
         """
@@ -217,6 +225,8 @@ class StreamListener(Service):
             observer.callback(port)
 
     def _failedLater(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # stopped before it listened
         self.log.failure(
             "{service} cannot listen on {description}",
             failure,

@@ -10,7 +10,8 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -358,6 +359,75 @@ class ReadinessTests(SynchronousTestCase):
         self.assertIn(", echo UDP ", message)
         with self.assertRaises(BlockingIOError):
             receiver.recv(4096)
+
+    def startSlow(self) -> tuple[Built, Deferred[Any], socket.socket]:
+        """
+        netd with one listener whose endpoint has not listened yet.
+        """
+        built = Built(self, 'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n')
+        path = self.mktemp()
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(receiver.close)
+        receiver.bind(path)
+        receiver.setblocking(False)
+        built.netd.notifier = Notifier(path)
+        listening: Deferred[Any] = Deferred()
+
+        class SlowEndpoint:
+            def listen(self, factory: Any) -> Deferred[Any]:
+                return listening
+
+        [listener] = list(built.netd)
+        listener.endpoint = SlowEndpoint()
+        built.netd.privilegedStartService()
+        built.netd.startService()
+        with self.assertRaises(BlockingIOError):
+            receiver.recv(4096)
+        return built, listening, receiver
+
+    def test_readyWaitsForSlowEndpoints(self) -> None:
+        """
+        An endpoint that listens later delays C{READY=1} until it does.
+        """
+        _built, listening, receiver = self.startSlow()
+        listening.callback(FakeUDPPort(7, "127.0.0.1"))
+        self.assertEqual(
+            receiver.recv(4096),
+            b"READY=1\nSTATUS=listening on echo UDP 127.0.0.1:7\n",
+        )
+
+    def test_failedListenerIsNotReady(self) -> None:
+        """
+        An endpoint that fails to listen later gets no C{READY=1}: a status
+        saying why, and an error in the log (systemd's start time-out then
+        fails the unit).
+        """
+        built, listening, receiver = self.startSlow()
+        with capturedLogs() as events:
+            listening.errback(CannotListenError("127.0.0.1", 7, OSError("in use")))
+        self.assertEqual(
+            receiver.recv(4096).decode(),
+            "STATUS=a listener failed: Couldn't listen on 127.0.0.1:7: in use.\n",
+        )
+        self.assertIn(
+            "netd is not ready: a listener failed: Couldn't listen on 127.0.0.1:7: "
+            "in use.",
+            messages(events),
+        )
+        self.assertEqual(len(self.flushLoggedErrors(CannotListenError)), 1)
+        self.assertTrue(built.netd.status.startswith("a listener failed"))
+
+    def test_stopBeforeListening(self) -> None:
+        """
+        Stopping netd while an endpoint has not listened yet cancels it
+        quietly, and sends C{STOPPING=1} but never C{READY=1}.
+        """
+        built, listening, receiver = self.startSlow()
+        self.successResultOf(built.netd.stopService())
+        self.assertEqual(receiver.recv(4096), b"STOPPING=1\nSTATUS=stopping\n")
+        with self.assertRaises(BlockingIOError):
+            receiver.recv(4096)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class GracefulStopTests(SynchronousTestCase):
