@@ -158,6 +158,18 @@ class Built:
         self.reactor = Reactor()
         self.netd = makeService(self.config, reactor=self.reactor)
 
+    def notifyHere(self, testCase: SynchronousTestCase) -> socket.socket:
+        """
+        Send netd's notifications to a new socket, returned non-blocking.
+        """
+        path = testCase.mktemp()
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        testCase.addCleanup(receiver.close)
+        receiver.bind(path)
+        receiver.setblocking(False)
+        self.netd.notifier = Notifier(path)
+        return receiver
+
     def write(self, text: str) -> None:
         with open(self.path, "w") as stream:
             stream.write(text)
@@ -323,11 +335,7 @@ class ReloadTests(SynchronousTestCase):
         one, whose status says so.
         """
         built = Built(self, ECHO)
-        path = self.mktemp()
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.addCleanup(receiver.close)
-        receiver.bind(path)
-        built.netd.notifier = Notifier(path)
+        receiver = built.notifyHere(self)
         built.reload("[echo\n")
         self.assertTrue(receiver.recv(4096).startswith(b"RELOADING=1\n"))
         self.assertTrue(
@@ -346,12 +354,7 @@ class ReadinessTests(SynchronousTestCase):
         listener's address.
         """
         built = Built(self, ECHO)
-        path = self.mktemp()
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.addCleanup(receiver.close)
-        receiver.bind(path)
-        receiver.setblocking(False)
-        built.netd.notifier = Notifier(path)
+        receiver = built.notifyHere(self)
         built.netd.privilegedStartService()
         built.netd.startService()
         message = receiver.recv(4096).decode()
@@ -365,12 +368,7 @@ class ReadinessTests(SynchronousTestCase):
         netd with one listener whose endpoint has not listened yet.
         """
         built = Built(self, 'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n')
-        path = self.mktemp()
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.addCleanup(receiver.close)
-        receiver.bind(path)
-        receiver.setblocking(False)
-        built.netd.notifier = Notifier(path)
+        receiver = built.notifyHere(self)
         listening: Deferred[Any] = Deferred()
 
         class SlowEndpoint:
