@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
@@ -83,9 +84,28 @@ class ConnectionLoggingFactory(WrappingFactory):
         super().__init__(wrappedFactory)
         self.serviceName = serviceName
         self.clock = clock
+        self._emptyObservers: list[Deferred[None]] = []
 
     def logPrefix(self) -> str:
         return self.serviceName
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            observers, self._emptyObservers = self._emptyObservers, []
+            for observer in observers:
+                observer.callback(None)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        Fire once none of this factory's connections is open (at once when
+        none is).
+        """
+        if not self.protocols:
+            return succeed(None)
+        observer: Deferred[None] = Deferred()
+        self._emptyObservers.append(observer)
+        return observer
 
 
 def _outcome(reason: Failure) -> str:

@@ -46,6 +46,14 @@ class PerSourceRateLimiter:
         self.maxSources = maxSources
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def setRate(self, rate: float) -> None:
+        """
+        Allow C{rate} replies a second from now on, in bursts of up to two
+        seconds' worth.
+        """
+        self.rate = rate
+        self.burst = max(1, int(rate * 2))
+
     def allow(self, source: str) -> bool:
         """
         Take one reply from C{source}'s bucket.

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
 from netd.datagram import GuardedDatagramProtocol, PerSourceRateLimiter
+from netd.plugin import IGracefulProtocol
 
 DEFAULT_PREFIX = b"Echo=>"
 
@@ -49,7 +50,7 @@ class EchoReplies:
         return self.prefix + data
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer, IGracefulProtocol)
 class EchoProtocol(Protocol):
     """
     Echo one connection.
@@ -58,7 +59,8 @@ class EchoProtocol(Protocol):
     (a client that sends without reading), the transport pauses it and it
     stops reading from the client, so memory stays bounded. While the first
     reply is delayed, it does not read either. A client that half-closes
-    gets every reply, then the server closes.
+    gets every reply, then the server closes. When netd stops, it answers
+    what it has read and closes (L{stopGracefully}).
 
     @ivar factory: the L{EchoFactory}.
     """
@@ -113,6 +115,20 @@ class EchoProtocol(Protocol):
     def _finish(self) -> None:
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+
+    def stopGracefully(self) -> None:
+        """
+        netd is stopping: read no more, answer what has arrived (after the
+        delay, if the first reply is still delayed), then close. An idle
+        connection closes at once.
+        """
+        if self._readDone:
+            return
+        self.transport.pauseProducing()
+        if self._delayed is not None and not self._pending:
+            self._delayed.cancel()
+            self._delayed = None
+        self.readConnectionLost()
 
     def connectionLost(self, reason: Any) -> None:
         if self._delayed is not None:

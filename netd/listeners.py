@@ -10,11 +10,12 @@ from scripts); UDP has no endpoint type in Twisted at all.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -64,9 +65,56 @@ def _splitEndpoint(description: str) -> list[str]:
 
 def isDatagramEndpoint(description: str) -> bool:
     """
-    Whether C{description} names a UDP endpoint (C{udp:...}).
+    Whether C{description} names a UDP endpoint (C{udp:...} or
+    C{systemd-udp:...}).
     """
-    return description.split(":", 1)[0].lower() == "udp"
+    return description.split(":", 1)[0].lower() in ("udp", "systemd-udp")
+
+
+def parseInheritedDatagramEndpoint(
+    description: str,
+) -> tuple[int, str | None, int | None]:
+    """
+    Parse netd's C{systemd-udp:domain=INET:name=NAME} (or C{index=N})
+    endpoint description: a UDP socket handed over by systemd, the datagram
+    twin of Twisted's C{systemd:} stream endpoint.
+
+    @return: the address family, and the socket's name or index.
+    @raise UsageError: quoting the description when it is malformed.
+    """
+    kind, *arguments = _splitEndpoint(description)
+    if kind.lower() != "systemd-udp":
+        raise UsageError(f"expected systemd-udp:..., not {description!r}")
+    values: dict[str, str] = {}
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if not equals or key not in ("domain", "name", "index") or key in values:
+            raise UsageError(
+                f"unknown argument {argument!r} in UDP endpoint {description!r}"
+            )
+        values[key] = value
+    domain = values.get("domain", "INET")
+    if domain not in ("INET", "INET6"):
+        raise UsageError(f"domain must be INET or INET6 in {description!r}")
+    if ("name" in values) == ("index" in values):
+        raise UsageError(f"give one of name= or index= in {description!r}")
+    index = values.get("index")
+    if index is not None and not index.isdigit():
+        raise UsageError(f"bad index {index!r} in {description!r}")
+    family = socket.AF_INET if domain == "INET" else socket.AF_INET6
+    return family, values.get("name"), None if index is None else int(index)
+
+
+def checkDatagramEndpoint(description: str) -> None:
+    """
+    Check either form of UDP endpoint description.
+
+    @raise UsageError: quoting the description when it is malformed.
+    """
+    if description.split(":", 1)[0].lower() == "udp":
+        parseDatagramEndpoint(description)
+    else:
+        parseInheritedDatagramEndpoint(description)
 
 
 def parseDatagramEndpoint(description: str) -> tuple[int, str]:
@@ -118,6 +166,7 @@ class StreamListener(Service):
         self.factory = factory
         self.port: IListeningPort | None = None
         self._listening: Deferred[Any] | None = None
+        self._observers: list[Deferred[IListeningPort]] = []
 
     def privilegedStartService(self) -> None:
         """
@@ -126,15 +175,23 @@ class StreamListener(Service):
         """
         super().privilegedStartService()
         failures: list[Failure] = []
+        starting = True
+
+        def failed(failure: Failure) -> None:
+            if starting:
+                failures.append(failure)
+            else:
+                self._failedLater(failure)
+
         self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, failures.append)
+        self._listening.addCallbacks(self._listened, failed)
+        starting = False
         if failures:
             self._listening = None
             raise StartupError(
                 f"{self.serviceName}: cannot listen on {self.description!r}: "
                 f"{failures[0].getErrorMessage()}"
             )
-        self._listening.addErrback(self._failedLater)
 
     def startService(self) -> None:
         """
@@ -144,6 +201,18 @@ class StreamListener(Service):
             self.privilegedStartService()
         super().startService()
 
+    def whenListening(self) -> Deferred[IListeningPort]:
+        """
+        Fire with the listening port once there is one (at once for the
+        endpoints that listen synchronously: C{tcp:}, C{systemd:}...), or
+        fail as listening did.
+        """
+        if self.port is not None:
+            return succeed(self.port)
+        observer: Deferred[IListeningPort] = Deferred()
+        self._observers.append(observer)
+        return observer
+
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
@@ -151,14 +220,22 @@ class StreamListener(Service):
             service=self.serviceName,
             address=describeAddress(port.getHost()),
         )
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            observer.callback(port)
 
     def _failedLater(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            return  # stopped before it listened
         self.log.failure(
             "{service} cannot listen on {description}",
             failure,
             service=self.serviceName,
             description=self.description,
         )
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            observer.errback(failure)
 
     def stopService(self) -> Deferred[None] | None:
         """
@@ -192,26 +269,38 @@ class DatagramListener(Service):
     ) -> None:
         """
         @param serviceName: the netd service, for logs and errors.
-        @param description: the C{udp:PORT[:interface=ADDR]} string.
+        @param description: the C{udp:PORT[:interface=ADDR]} or
+            C{systemd-udp:domain=INET:name=NAME} string.
         @param reactor: an L{IReactorUDP}.
         @param protocol: the L{DatagramProtocol} to listen with.
         """
         self.serviceName = serviceName
         self.description = description
-        self.portNumber, self.interface = parseDatagramEndpoint(description)
+        checkDatagramEndpoint(description)
         self.reactor = reactor
         self.protocol = protocol
         self.port: Any = None
 
+    def _listen(self) -> Any:
+        if self.description.split(":", 1)[0].lower() == "udp":
+            portNumber, interface = parseDatagramEndpoint(self.description)
+            return self.reactor.listenUDP(
+                portNumber, self.protocol, interface=interface
+            )
+        from netd.systemd import adoptDatagramSocket, inheritedDescriptor
+
+        family, name, index = parseInheritedDatagramEndpoint(self.description)
+        descriptor = inheritedDescriptor(name, index)
+        return adoptDatagramSocket(self.reactor, descriptor, family, self.protocol)
+
     def privilegedStartService(self) -> None:
         """
-        Bind the UDP port now, before twistd drops privileges.
+        Bind the UDP port (or adopt the inherited socket) now, before twistd
+        drops privileges.
         """
         super().privilegedStartService()
         try:
-            self.port = self.reactor.listenUDP(
-                self.portNumber, self.protocol, interface=self.interface
-            )
+            self.port = self._listen()
         except Exception as error:
             raise StartupError(
                 f"{self.serviceName}: cannot listen on {self.description!r}: {error}"
@@ -230,6 +319,13 @@ class DatagramListener(Service):
             self.privilegedStartService()
         super().startService()
 
+    def whenListening(self) -> Deferred[Any]:
+        """
+        Fire with the UDP port: binding is synchronous, so once started it
+        is there.
+        """
+        return succeed(self.port)
+
     def stopService(self) -> Deferred[None] | None:
         """
         Close the UDP port.
@@ -239,16 +335,3 @@ class DatagramListener(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
-
-
-class NetdService(MultiService):
-    """
-    netd as a whole: every listener as a child; once all have started, one
-    log line says so (C{netd ready: 7 listeners}).
-    """
-
-    log = Logger()
-
-    def startService(self) -> None:
-        super().startService()
-        self.log.info("netd ready: {count} listeners", count=len(self.services))

@@ -13,7 +13,7 @@ import the reactor or a protocol module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.plugin import IPlugin, getPlugins
@@ -88,6 +88,51 @@ class INetdService(Interface):
         one port).
         """
 
+    def reconfigure(
+        options: Mapping[str, Any],
+        changed: Collection[str],
+        factory: Any,
+        datagramProtocols: Sequence[Any],
+    ) -> Collection[str]:
+        """
+        Optional: apply changed options to a running service, on C{SIGHUP}.
+
+        netd calls this with what C{makeFactory} and C{makeDatagramProtocol}
+        built, after the new options passed L{validate}. Whatever is applied
+        must not drop an open connection; whether it reaches connections
+        already open or only new ones is the service's choice (say which in
+        its docs). Providers without this method, and the default of
+        L{ServicePlugin}, apply nothing: every change then needs a restart,
+        and netd logs so.
+
+        @param options: all the service's options, new values included.
+        @param changed: the names of the options whose value changed.
+        @param factory: the service's own stream factory, or L{None} when it
+            has no stream endpoint.
+        @param datagramProtocols: one per UDP endpoint.
+        @return: the names of the changed options it applied; netd reports
+            the others as needing a restart.
+        """
+
+
+class IGracefulProtocol(Interface):
+    """
+    Optional, for a service's stream protocol: how to stop gracefully.
+
+    When netd stops (C{SIGTERM}), it stops accepting, then calls
+    L{stopGracefully} on every open connection whose protocol provides this
+    interface, waits up to its grace period (C{--grace}) for all of them to
+    end, and then aborts the rest. A protocol without it is simply given the
+    grace period: fine for short exchanges, but an idle client would hold
+    the stop for the whole of it.
+    """
+
+    def stopGracefully() -> None:
+        """
+        Finish what is in flight (a reply, a transfer), then close; close at
+        once when nothing is. Read no new request.
+        """
+
 
 @implementer(IPlugin, INetdService)
 class ServicePlugin:
@@ -132,6 +177,18 @@ class ServicePlugin:
         """
         raise NotImplementedError(f"{self.name} does not speak over UDP")
 
+    def reconfigure(
+        self,
+        options: Mapping[str, Any],
+        changed: Collection[str],
+        factory: Any,
+        datagramProtocols: Sequence[Any],
+    ) -> Collection[str]:
+        """
+        Apply nothing: by default every change needs a restart.
+        """
+        return ()
+
     def __repr__(self) -> str:
         return f"<netd service {self.name!r}>"
 
@@ -175,8 +232,9 @@ class DatagramServicePlugin(ServicePlugin):
         """
         from netd.datagram import PerSourceRateLimiter
 
-        rate = options["udp-rate"]
-        return PerSourceRateLimiter(reactor, rate=rate, burst=max(1, int(rate * 2)))
+        limiter = PerSourceRateLimiter(reactor)
+        limiter.setRate(options["udp-rate"])
+        return limiter
 
 
 def discoverServices(plugins: Any = None) -> list[INetdService]:

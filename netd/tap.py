@@ -13,18 +13,18 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
 from netd.config import configFlag, configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
+from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
-    NetdService,
     StartupError,
     StreamListener,
+    checkDatagramEndpoint,
     isDatagramEndpoint,
-    parseDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
 from netd.policy import (
@@ -34,12 +34,13 @@ from netd.policy import (
     PolicySettings,
     parseNetwork,
 )
+from netd.systemd import Notifier, familyMismatch, inheritedNames
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).
 POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
 _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
-_GLOBAL_KEYS = frozenset({"services", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
 
 
 def _repeatableOption(key: str, doc: str) -> Any:
@@ -115,7 +116,17 @@ class Options(usage.Options):
             f"way, 0 for never [default: {_POLICY_DEFAULTS['idle-timeout']}].",
             float,
         ],
+        [
+            "grace",
+            None,
+            None,
+            "Seconds connections in flight get to finish when netd stops "
+            f"[default: {DEFAULT_GRACE:g}].",
+            float,
+        ],
     ]
+
+    argv: list[str] = []
 
     def __new__(cls, services: Iterable[INetdService] | None = None) -> Options:
         """
@@ -158,9 +169,11 @@ class Options(usage.Options):
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
-        Parse as L{usage.Options} does; but under twistd, a mistake ends
+        Parse as L{usage.Options} does, and remember the command line so
+        that L{reread} can parse it again; under twistd, a mistake ends
         start-up with one line rather than twistd's whole usage text first.
         """
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as error:
@@ -178,6 +191,17 @@ class Options(usage.Options):
         """Clients in this range may not connect, even if allowed (repeatable)"""
         self["deny"].append(cidr)
 
+    def reread(self) -> Options:
+        """
+        Parse the same command line again, reading the config file anew
+        (for a reload): the command line still wins.
+
+        @raise usage.UsageError: when the configuration is now wrong.
+        """
+        fresh = Options(self.available)
+        fresh.parseOptions(self.argv)
+        return fresh
+
     def postOptions(self) -> None:
         """
         Merge the config file under the command line, fill in defaults, and
@@ -186,10 +210,23 @@ class Options(usage.Options):
         fileConfig = loadConfig(self["config"]) if self["config"] else {}
         byName = {service.name: service for service in self.available}
         for key, value in fileConfig.items():
-            if key not in _GLOBAL_KEYS and not (
-                key in byName and isinstance(value, dict)
-            ):
+            if key in byName and not isinstance(value, dict):
+                raise usage.UsageError(
+                    f"{key} must be a table ([{key}]) in the config file, not {value!r}"
+                )
+            if key not in _GLOBAL_KEYS and key not in byName:
                 raise usage.UsageError(f"unknown key {key!r} in the config file")
+
+        if self["grace"] is None:
+            self["grace"] = (
+                configValue("grace", fileConfig["grace"], float)
+                if "grace" in fileConfig
+                else DEFAULT_GRACE
+            )
+        if not 0 <= self["grace"] < float("inf"):
+            raise usage.UsageError(
+                f"--grace must be a number of seconds, not {self['grace']!r}"
+            )
 
         chosen = self._chosenServices(fileConfig, byName)
         self["services"] = chosen
@@ -284,7 +321,7 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"{service.name} does not speak UDP, not {description!r}"
                     )
-                parseDatagramEndpoint(description)
+                checkDatagramEndpoint(description)
             elif not service.stream:
                 raise usage.UsageError(
                     f"{service.name} speaks only UDP (udp:PORT), not {description!r}"
@@ -365,13 +402,16 @@ def _reportStartupErrors(previous: Any) -> Any:
 
 def makeService(config: Options, reactor: Any = None) -> NetdService:
     """
-    Build netd: one listener service per endpoint of every chosen service.
+    Build netd: one listener service per endpoint of every chosen service,
+    under a L{NetdService} that handles readiness, reload and graceful stop.
 
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
-        and then start-up errors are reported to the operator as one line.
+        and then start-up errors are reported to the operator as one line,
+        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}.
     @raise StartupError: when an endpoint cannot be built.
     """
+    handleSignals = reactor is None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -379,36 +419,46 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
-    netd = NetdService()
+    netd = NetdService(
+        reactor,
+        {"grace": config["grace"]},
+        reread=config.reread,
+        notifier=Notifier.fromEnvironment() if handleSignals else None,
+        handleSignals=handleSignals,
+    )
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
-        policy = Policy(config["policies"][service.name])
-        factory = None
-        for description in config["endpoints"][service.name]:
+        running = RunningService(
+            service,
+            dict(options),
+            list(config["endpoints"][service.name]),
+            policy=Policy(config["policies"][service.name]),
+        )
+        netd.served[service.name] = running
+        policed = None
+        for description in running.endpoints:
             if isDatagramEndpoint(description):
+                protocol = service.makeDatagramProtocol(options, reactor)
+                running.datagramProtocols.append(protocol)
                 protocol = PolicedDatagramProtocol(
-                    service.name,
-                    service.makeDatagramProtocol(options, reactor),
-                    policy,
+                    service.name, protocol, running.policy
                 )
                 listener: Any = DatagramListener(
                     service.name, description, reactor, protocol
                 )
             else:
-                if factory is None:
-                    factory = PolicyFactory(
-                        service.name,
-                        ConnectionLoggingFactory(
-                            service.name, service.makeFactory(options, reactor), reactor
-                        ),
-                        policy,
-                        reactor,
+                if running.factory is None:
+                    running.factory = ConnectionLoggingFactory(
+                        service.name, service.makeFactory(options, reactor), reactor
+                    )
+                    policed = PolicyFactory(
+                        service.name, running.factory, running.policy, reactor
                     )
                 listener = StreamListener(
                     service.name,
                     description,
                     _streamEndpoint(service.name, description, reactor),
-                    factory,
+                    policed,
                 )
             listener.setServiceParent(netd)
     return netd
@@ -432,10 +482,24 @@ def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
             from netd.tls import parseTLSEndpoint
 
             return parseTLSEndpoint(reactor, description)
-        return serverFromString(reactor, description)
+        endpoint = serverFromString(reactor, description)
     except StartupError:
         raise
+    except (KeyError, IndexError) as error:
+        if kind != "systemd":
+            raise StartupError(
+                f"{serviceName}: bad endpoint {description!r}: {error}"
+            ) from error
+        raise StartupError(
+            f"{serviceName}: no inherited socket for {description!r} "
+            f"(inherited: {inheritedNames()})"
+        ) from error
     except Exception as error:
         raise StartupError(
             f"{serviceName}: bad endpoint {description!r}: {error}"
         ) from error
+    if isinstance(endpoint, AdoptedStreamServerEndpoint):
+        problem = familyMismatch(endpoint.fileno, endpoint.addressFamily)
+        if problem is not None:
+            raise StartupError(f"{serviceName}: {description!r}: {problem}")
+    return endpoint

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -136,6 +138,7 @@ def runNetd(
     env: dict[str, str] | None = None,
     path: str | None = None,
     timeout: float = 30,
+    launcher: Sequence[str] = (),
 ) -> defer.Deferred[NetdProcess]:
     """
     Start C{twistd -n netd ARGUMENTS} and fire once it is ready (and logged
@@ -145,15 +148,17 @@ def runNetd(
     @param testCase: the test, for its clean-up and temporary directory.
     @param path: the working directory; a fresh temporary one by default.
     @param timeout: seconds to wait for the listeners.
+    @param launcher: a command that ends by executing C{twistd ...} in its
+        own process (C{systemd-socket-activate -l ...}), or nothing.
     """
     if path is None:
         path = testCase.mktemp()
         os.makedirs(path)
     netd = NetdProcess(listeners)
-    argv = [TWISTD, "--nodaemon", "--pidfile=", "netd", *arguments]
+    argv = [*launcher, TWISTD, "--nodaemon", "--pidfile=", "netd", *arguments]
     _reactor.spawnProcess(
         netd,
-        TWISTD,
+        argv[0],
         argv,
         env=env if env is not None else projectEnvironment(),
         path=path,
@@ -436,3 +441,73 @@ def refusedExchange(
         return b""
 
     return exchange(endpoint, send, until).addErrback(reset)
+
+
+class NotifySocket(protocol.DatagramProtocol):
+    """
+    A stand-in for the service manager's C{$NOTIFY_SOCKET}: it collects the
+    C{sd_notify} messages netd sends.
+
+    @ivar address: the value for C{NOTIFY_SOCKET} (an abstract socket).
+    @ivar messages: each message received, as a dict of its fields.
+    """
+
+    def __init__(self) -> None:
+        self.address = f"@netd-test-{os.getpid()}-{id(self)}"
+        self.messages: list[dict[str, str]] = []
+        self._waiting: list[tuple[str, int, defer.Deferred[dict[str, str]]]] = []
+
+    def datagramReceived(self, data: bytes, address: Any) -> None:
+        lines = data.decode("utf-8", "replace").splitlines()
+        self.messages.append(dict(line.split("=", 1) for line in lines if "=" in line))
+        for waiting in list(self._waiting):
+            self._check(*waiting)
+
+    def received(self, key: str, count: int = 1) -> defer.Deferred[dict[str, str]]:
+        """
+        Fire with the C{count}th message holding C{key} once it has come.
+        """
+        waiting: tuple[str, int, defer.Deferred[dict[str, str]]] = (
+            key,
+            count,
+            defer.Deferred(),
+        )
+        self._waiting.append(waiting)
+        self._check(*waiting)
+        return waiting[2]
+
+    def _check(
+        self, key: str, count: int, done: defer.Deferred[dict[str, str]]
+    ) -> None:
+        holding = [message for message in self.messages if key in message]
+        if len(holding) >= count:
+            self._waiting.remove((key, count, done))
+            done.callback(holding[count - 1])
+
+    def keys(self) -> list[str]:
+        """
+        The first field of every message so far, in order (C{READY}...).
+        """
+        return [next(iter(message)) for message in self.messages]
+
+
+def listenNotifySocket(testCase: Any) -> NotifySocket:
+    """
+    Listen on a fresh abstract C{AF_UNIX} datagram socket for C{sd_notify}
+    messages, until the test ends.
+    """
+    notify = NotifySocket()
+    port = _reactor.listenUNIXDatagram("\0" + notify.address[1:], notify)
+    testCase.addCleanup(port.stopListening)
+    return notify
+
+
+def freePort(kind: int = socket.SOCK_STREAM) -> int:
+    """
+    A port on 127.0.0.1 that nothing used a moment ago, for a program (such
+    as C{systemd-socket-activate}) that cannot be told to pick one.
+    """
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

@@ -127,8 +127,10 @@ class ObjectsOptionsTests(SynchronousTestCase):
     def test_privateEndpoints(self) -> None:
         """
         Loopback interfaces, UNIX sockets and mutual TLS are private; all
-        interfaces, other addresses, names, systemd sockets and TLS without
-        client certificates are not.
+        interfaces, other addresses, names and TLS without client
+        certificates are not. A C{systemd:} socket that was not handed over
+        is left to fail on its own (its address decides otherwise: see
+        L{test_inheritedHost}).
         """
         private = [
             "tcp:1:interface=127.0.0.1",
@@ -138,6 +140,7 @@ class ObjectsOptionsTests(SynchronousTestCase):
             "ssl:1:privateKey=k:interface=127.0.0.1",
             "tls:1:privateKey=k:certKey=c:clientCA=ca.pem",
             "haproxy:tcp:1:interface=127.0.0.1",
+            "systemd:domain=INET:name=not-handed-over",
         ]
         public = [
             "tcp:1",
@@ -146,11 +149,30 @@ class ObjectsOptionsTests(SynchronousTestCase):
             "tcp:1:interface=localhost",
             "ssl:1:privateKey=k",
             "tls:1:privateKey=k:certKey=c",
-            "systemd:domain=INET:index=0",
             "haproxy:tcp:1",
         ]
-        self.assertEqual([isPrivateEndpoint(d) for d in private], [True] * 7)
-        self.assertEqual([isPrivateEndpoint(d) for d in public], [False] * 8)
+        self.assertEqual([isPrivateEndpoint(d) for d in private], [True] * 8)
+        self.assertEqual([isPrivateEndpoint(d) for d in public], [False] * 7)
+
+    def test_inheritedHost(self) -> None:
+        """
+        The host of an inherited socket is what it is bound to; a UNIX
+        socket has none.
+        """
+        import socket
+
+        from netd.systemd import inheritedHost
+
+        for family, host in [
+            (socket.AF_INET, "127.0.0.1"),
+            (socket.AF_INET, "0.0.0.0"),
+            (socket.AF_INET6, "::1"),
+        ]:
+            with socket.socket(family) as bound:
+                bound.bind((host, 0))
+                self.assertEqual(inheritedHost(bound.fileno()), host)
+        with socket.socket(socket.AF_UNIX) as unix:
+            self.assertIsNone(inheritedHost(unix.fileno()))
 
 
 class ObjectsWiringTests(SynchronousTestCase):

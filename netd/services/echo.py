@@ -6,7 +6,7 @@ C{--echo-delay}, C{--echo-udp-rate}.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from twisted.python.usage import UsageError
@@ -63,6 +63,32 @@ class EchoService(DatagramServicePlugin):
             EchoReplies(reactor, options["prefix"].encode("utf-8"), options["stamp"]),
             self.limiter(options, reactor),
         )
+
+    def reconfigure(
+        self,
+        options: Mapping[str, Any],
+        changed: Collection[str],
+        factory: Any,
+        datagramProtocols: Sequence[Any],
+    ) -> Collection[str]:
+        """
+        Every echo option applies live: the prefix and stamp to the next
+        reply of every connection, open ones included; the delay to new
+        connections; the UDP rate to the next datagram.
+        """
+        replies = [protocol.replies for protocol in datagramProtocols]
+        if factory is not None:
+            replies.append(factory.replies)
+            factory.delay = options["delay"]
+        for reply in replies:
+            reply.prefix = options["prefix"].encode("utf-8")
+            reply.stamp = options["stamp"]
+        for protocol in datagramProtocols:
+            protocol.limiter.setRate(options["udp-rate"])
+        return [name for name in changed if name in _LIVE_OPTIONS]
+
+
+_LIVE_OPTIONS = frozenset({"prefix", "stamp", "delay", "udp-rate"})
 
 
 echo = EchoService()

@@ -35,8 +35,8 @@ def isPrivateEndpoint(description: str) -> bool:
     Whether only this host, or only clients holding a certificate, can reach
     a listener on C{description}: a loopback C{interface=}, a UNIX socket,
     or netd's C{tls:} endpoint with C{clientCA=} (mutual TLS).
-    C{systemd:} and unknown endpoint types count as public, since their
-    addresses are not known until they listen.
+    For C{systemd:}, the address of the socket the service manager handed
+    over decides; unknown endpoint types count as public.
     """
     from netd.listeners import _splitEndpoint
 
@@ -55,7 +55,28 @@ def isPrivateEndpoint(description: str) -> bool:
         interface = positional[2]
     if kind in ("tcp", "tcp6", "ssl", "tls"):
         return _isLoopback(interface)
+    if kind == "systemd":
+        return _isPrivateInherited(keywords)
     return False
+
+
+def _isPrivateInherited(keywords: dict[str, str]) -> bool:
+    """
+    Whether the socket a C{systemd:} endpoint adopts is a loopback or UNIX
+    one. A socket that was not handed over counts as private here: the
+    endpoint then fails to start with its own, clearer message.
+    """
+    from netd.systemd import inheritedDescriptor, inheritedHost
+
+    index = keywords.get("index")
+    try:
+        descriptor = inheritedDescriptor(
+            keywords.get("name"), int(index) if index is not None else None
+        )
+    except (LookupError, ValueError, AssertionError):
+        return True
+    host = inheritedHost(descriptor)
+    return host is None or _isLoopback(host)
 
 
 def _checkName(option: str, value: str) -> None:
