@@ -309,11 +309,12 @@ class NetdService(MultiService):
                 continue
             try:
                 reload()
-            except Exception:
-                self.log.failure(
-                    "reload: {service} endpoint {endpoint} failed to reload",
+            except Exception as error:
+                self.log.error(
+                    "reload: {service} endpoint {endpoint} kept its old files: {error}",
                     service=listener.serviceName,
                     endpoint=listener.description,
+                    error=str(error),
                 )
             else:
                 self.log.info(

@@ -162,6 +162,15 @@ class ProxiedEndpoint:
         self.wrappedEndpoint = wrappedEndpoint
         self.clock = clock
 
+    def reload(self) -> None:
+        """
+        Reload the wrapped endpoint's files, if it has any (the certificates
+        of C{haproxy:tls:...}).
+        """
+        reload = getattr(self.wrappedEndpoint, "reload", None)
+        if reload is not None:
+            reload()
+
     def listen(self, protocolFactory: Any) -> Any:
         """
         Listen on the wrapped endpoint; see L{IStreamServerEndpoint.listen}.

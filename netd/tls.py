@@ -17,7 +17,6 @@ The dropin imports this module for L{tlsServerParser}; everything heavy
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -219,8 +218,7 @@ class TLSServerEndpoint:
     """
     Listen for TLS connections over TCP: the endpoint C{tls:} describes.
 
-    @ivar certificates: the L{ServerCertificates}, to L{reload
-        <ServerCertificates.reload>} them.
+    @ivar certificates: the L{ServerCertificates} it serves.
     """
 
     def __init__(
@@ -236,6 +234,16 @@ class TLSServerEndpoint:
         self.certificates = certificates
         self.interface = interface
         self.backlog = backlog
+
+    def reload(self) -> None:
+        """
+        Re-read the key, certificate and CA files, for connections made from
+        now on (netd's reload calls this on every endpoint that has it).
+
+        @raise CertificateError: when they cannot be used; the certificate
+            in use then stays in use.
+        """
+        self.certificates.reload()
 
     def listen(self, protocolFactory: Any) -> Any:
         """
@@ -336,35 +344,6 @@ def parseTLSEndpoint(reactor: Any, description: str) -> Any:
         else:
             args.append(part)
     return tlsServerParser.parseStreamServer(reactor, *args, **kwargs)
-
-
-def _tlsEndpoints(root: Any) -> Iterator[TLSServerEndpoint]:
-    for service in root:
-        endpoint = getattr(service, "endpoint", None)
-        while endpoint is not None and not isinstance(endpoint, TLSServerEndpoint):
-            endpoint = getattr(endpoint, "wrappedEndpoint", None)
-        if endpoint is not None:
-            yield endpoint
-        if hasattr(service, "__iter__"):
-            yield from _tlsEndpoints(service)
-
-
-def reloadCertificates(root: Any) -> list[str]:
-    """
-    Re-read the files of every C{tls:} listener in a service tree.
-
-    @param root: the service L{netd.tap.makeService} made (any
-        L{IServiceCollection} of listeners).
-    @return: one line per listener whose files could not be used (that
-        listener keeps its certificate); empty when all were reloaded.
-    """
-    errors = []
-    for endpoint in _tlsEndpoints(root):
-        try:
-            endpoint.certificates.reload()
-        except CertificateError as error:
-            errors.append(str(error))
-    return errors
 
 
 def peerSubject(transport: Any) -> str | None:

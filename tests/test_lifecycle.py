@@ -324,7 +324,9 @@ class ReloadTests(SynchronousTestCase):
         _ok, logged = built.reload(
             'services = ["echo"]\n[echo]\nendpoints = ["tcp:0"]\n'
         )
-        self.assertIn("reload: echo endpoint tcp:0 failed to reload", logged)
+        self.assertIn(
+            "reload: echo endpoint tcp:0 kept its old files: certificate gone", logged
+        )
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         built.reload('services = ["echo"]\n[echo]\nendpoints = ["tcp:1"]\n')
         self.assertEqual(len(calls), 2)

@@ -15,7 +15,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.connlog import ConnectionLoggingFactory
@@ -26,7 +26,6 @@ from netd.tls import (
     TLSError,
     TLSServerEndpoint,
     parseTLSEndpoint,
-    reloadCertificates,
 )
 from tests.common import (
     Certificates,
@@ -374,13 +373,13 @@ class NotifyingEchoFactory(EchoFactory):
 
 class ReloadCertificatesTests(SynchronousTestCase):
     """
-    L{reloadCertificates} over the tap's service tree.
+    netd's reload re-reads the files of every C{tls:} listener.
     """
 
     def test_reloadAll(self) -> None:
         """
         Every C{tls:} listener (also behind C{haproxy:}) is reloaded; a
-        listener whose files fail is reported in one line.
+        listener whose files fail keeps its certificate, in one log line.
         """
         from netd.tap import Options, makeService
 
@@ -397,11 +396,18 @@ class ReloadCertificatesTests(SynchronousTestCase):
             ]
         )
         root = makeService(options, reactor=MemoryReactorClock())
-        self.assertEqual(reloadCertificates(root), [])
+        with capturedLogs() as events:
+            self.assertTrue(root.reload())
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(sum("reloaded" in line for line in lines), 2, lines)
         os.remove(certs.serverCert)
-        errors = reloadCertificates(root)
-        self.assertEqual(len(errors), 2)
-        self.assertIn("cannot read certificate", errors[0])
+        with capturedLogs() as events:
+            self.assertTrue(root.reload())
+        failed = [
+            formatEvent(e) for e in events if "kept its old files" in formatEvent(e)
+        ]
+        self.assertEqual(len(failed), 2)
+        self.assertIn("cannot read certificate", failed[0])
 
 
 class HandshakeTimeoutTests(TestCase):
