@@ -337,6 +337,62 @@ class ReloadTests(TestCase):
         self.assertIn("unknown key echo.'bogus'", netd.output.decode())
         self.assertFalse(client.closed.called)
 
+    @defer.inlineCallbacks
+    def test_reloadLimitAndCertificate(self) -> defer.Generator:
+        """
+        With a TLS connection open, a reload that raises C{max-connections}
+        and replaces the certificate files lets a new client in, which sees
+        the new certificate; the open connection keeps working throughout.
+        """
+        from netd.tls import TLSError
+        from tests.common import Certificates, exchange, tlsClientEndpoint
+
+        old = Certificates(self.mktemp())
+        config = os.path.abspath(self.mktemp())
+
+        def write(limit: int) -> None:
+            with open(config, "w") as stream:
+                stream.write(
+                    f'services = ["echo"]\n[echo]\nendpoints = [{old.endpoint()!r}]\n'
+                    f"[echo.policy]\nmax-connections = {limit}\n"
+                )
+
+        write(1)
+        notify = listenNotifySocket(self)
+        netd = yield runNetd(
+            self,
+            "--config",
+            config,
+            env=projectEnvironment(NOTIFY_SOCKET=notify.address),
+        )
+        yield notify.received("READY")
+        port = netd.port("echo")
+        first = yield connectProtocol(tlsClientEndpoint(old, port), EchoClient())
+        self.assertEqual((yield first.exchange(b"one", 9)), b"Echo=>one")
+        yield self.assertFailure(
+            exchange(tlsClientEndpoint(old, port), until=1), TLSError
+        )
+        self.assertIn("refused", netd.output.decode())
+        self.assertIn("already 1 connections", netd.output.decode())
+
+        new = Certificates(self.mktemp())
+        shutil.copy(new.serverCert, old.serverCert)
+        shutil.copy(new.serverKey, old.serverKey)
+        write(2)
+        netd.signal("HUP")
+        yield notify.received("READY", 2)
+        output = netd.output.decode()
+        self.assertIn("reload: echo.policy changed", output)
+        self.assertIn("reloaded", output)
+
+        second = yield connectProtocol(tlsClientEndpoint(new, port), EchoClient())
+        self.assertEqual((yield second.exchange(b"two", 9)), b"Echo=>two")
+        self.assertEqual((yield first.exchange(b"old", 9)), b"Echo=>old")
+        self.assertFalse(first.closed.called)
+        for client in (first, second):
+            client.transport.loseConnection()
+            yield client.closed
+
 
 class GracefulStopTests(TestCase):
     """
