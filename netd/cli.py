@@ -73,6 +73,7 @@ class Options(usage.Options):
     subCommands = [
         ["echo", None, _lazy("netd.echoclient.EchoCommand"), "Echo words, lock-step."],
         ["load", None, _lazy("netd.echoclient.LoadCommand"), "Drive many clients."],
+        ["getfile", None, _lazy("netd.getfileclient.GetFileCommand"), "Get a file."],
     ]
 
     def postOptions(self) -> None:

@@ -8,6 +8,7 @@ when netd runs, and each service imports its protocols only when built.
 from twisted.application.service import ServiceMaker
 
 from netd.services.echo import echo
+from netd.services.getfile import getfile
 
 netd = ServiceMaker(
     "netd",
@@ -16,4 +17,4 @@ netd = ServiceMaker(
     "netd",
 )
 
-__all__ = ["netd", "echo"]
+__all__ = ["netd", "echo", "getfile"]
