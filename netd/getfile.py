@@ -33,6 +33,7 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import (
     IHalfCloseableProtocol,
     IPullProducer,
+    IReactorThreads,
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
@@ -386,18 +387,49 @@ class FileTransfer:
             finished(complete)
 
 
+def sendBurst(socketFd: int, fd: int, position: int, count: int) -> tuple[int, bool]:
+    """
+    Send up to C{count} bytes of a file from C{position} to a non-blocking
+    socket with C{os.sendfile}, until the socket's buffer is full.
+
+    @return: how many bytes were sent, and whether the transfer cannot go
+        on: the file ended before C{count} bytes (it shrank), the peer went
+        away (C{EPIPE}, C{ECONNRESET}) or the file could not be read.
+    """
+    sent = 0
+    try:
+        while sent < count:
+            try:
+                now = os.sendfile(socketFd, fd, position + sent, count - sent)
+            except BlockingIOError:
+                return sent, False
+            if now == 0:
+                return sent, True
+            sent += now
+    except OSError:
+        return sent, True
+    return sent, False
+
+
 class SendfileTransfer(FileTransfer):
     """
     Send a byte range of an open file with C{os.sendfile}, straight from the
     page cache to the socket, whenever the reactor finds the socket writable.
 
-    The socket is the reactor's (non-blocking) L{tcp.Server}: this producer
-    is registered with it as a pull producer, so the transport asks for
-    more only once everything written before it (the C{OK SIZE} line) is
-    sent; after each burst it asks the transport to wake it when the
-    socket is writable again (C{startWriting}), and an C{EAGAIN} just ends
-    the burst. The bytes bypass the wrappers between the protocol and the
-    socket; those that count bytes are told through L{reportSentDirectly}.
+    The socket is the reactor's non-blocking L{tcp.Server}: this producer is
+    registered with it as a pull producer, so the transport asks for more
+    only once everything written before (the C{OK SIZE} line) is sent.
+    Then each burst (L{sendBurst}, until C{EAGAIN} or L{SENDFILE_BURST}
+    bytes) runs in the reactor's thread pool, so that a file that is not in
+    the page cache yet is read from disk without stopping the reactor, and
+    several transfers use several cores; when it is over, the reactor thread
+    asks the transport to wake the transfer once the socket is writable
+    again (C{startWriting}). The thread works on its own duplicate of the
+    socket's descriptor, released only once no burst is under way, so a
+    connection closed meanwhile never lets it write to a reused number.
+
+    The bytes bypass the wrappers between the protocol and the socket;
+    those that count bytes are told through L{reportSentDirectly}.
     """
 
     burst = SENDFILE_BURST
@@ -411,15 +443,21 @@ class SendfileTransfer(FileTransfer):
         finished: Callable[[bool], None],
         socketTransport: Any,
         wrappers: list[ProtocolWrapper],
+        threads: Any,
     ) -> None:
         """
         @param socketTransport: the L{tcp.Server} found by L{directSocket}.
         @param wrappers: the wrappers above it, told about the bytes sent.
+        @param threads: an L{IReactorThreads} to run bursts with.
         """
         super().__init__(fd, start, end, consumer, finished)
         self.socketTransport = socketTransport
         self.wrappers = wrappers
+        self.threads = threads
+        self._socketFd: int | None = os.dup(socketTransport.fileno())
         self._registering = False
+        self._inFlight = False
+        self._pendingFd: int | None = None
 
     def start(self) -> None:
         """
@@ -434,47 +472,68 @@ class SendfileTransfer(FileTransfer):
     def resumeProducing(self) -> None:
         """
         The socket is writable and the transport's buffer is empty: send a
-        burst, then wait until the socket is writable again.
+        burst in a thread.
         """
-        if self.fd is None:
+        if self.fd is None or self._inFlight:
             return
         if self._registering:
             # Called from registerProducer: whatever was written before may
             # still be buffered. The transport asks again once it is sent.
             self.socketTransport.startWriting()
             return
-        budget = self.burst
-        sentNow = 0
-        ended = False
+        self._inFlight = True
+        self.threads.callInThread(
+            self._burstInThread,
+            self._socketFd,
+            self.fd,
+            self.position,
+            min(self.end - self.position, self.burst),
+        )
+
+    def _burstInThread(self, socketFd: int, fd: int, position: int, count: int) -> None:
         try:
-            while self.position < self.end and sentNow < budget:
-                try:
-                    count = os.sendfile(
-                        self.socketTransport.fileno(),
-                        self.fd,
-                        self.position,
-                        min(self.end - self.position, budget - sentNow),
-                    )
-                except BlockingIOError:
-                    break
-                if count == 0:
-                    ended = True  # the file shrank: it ends before its size
-                    break
-                self.position += count
-                sentNow += count
-        except OSError:
-            # The peer went away (EPIPE, ECONNRESET) or the file cannot be
-            # read: what was sent is counted, and the transfer ends short.
-            ended = True
-        if sentNow:
-            self.sent += sentNow
-            reportSentDirectly(self.wrappers, sentNow)
+            sent, ended = sendBurst(socketFd, fd, position, count)
+        except Exception:
+            sent, ended = 0, True
+        self.threads.callFromThread(self._burstDone, sent, ended)
+
+    def _burstDone(self, sent: int, ended: bool) -> None:
+        self._inFlight = False
+        if self.fd is None:
+            # Stopped while the burst was under way.
+            self._closeSocket()
+            return
+        if sent:
+            self.position += sent
+            self.sent += sent
+            reportSentDirectly(self.wrappers, sent)
         if self.position >= self.end:
             self._finish(True)
         elif ended:
             self._finish(False)
         else:
             self.socketTransport.startWriting()
+
+    def close(self) -> None:
+        """
+        Close the file and the duplicate socket, or, while a burst is under
+        way, mark them to be closed when it ends. Safe to call again.
+        """
+        if self._inFlight:
+            fd, self.fd = self.fd, None
+            if fd is not None:
+                self._pendingFd = fd
+            return
+        super().close()
+        self._closeSocket()
+
+    def _closeSocket(self) -> None:
+        pending, self._pendingFd = self._pendingFd, None
+        if pending is not None:
+            os.close(pending)
+        socketFd, self._socketFd = self._socketFd, None
+        if socketFd is not None:
+            os.close(socketFd)
 
 
 @implementer(IHalfCloseableProtocol)
@@ -634,7 +693,8 @@ class GetFileFactory(Factory):
     """
     Make L{GetFileProtocol}s for one root.
 
-    @ivar clock: an L{IReactorTime}, for the request timeout.
+    @ivar clock: an L{IReactorTime}, for the request timeout; sendfile is
+        used only when it is also an L{IReactorThreads} (a real reactor).
     @ivar root: the L{ConfinedRoot} files are served from.
     @ivar requestTimeout: seconds a client has to send its request line.
     @ivar maxTransfers: transfers at once; more are refused as busy.
@@ -677,9 +737,16 @@ class GetFileFactory(Factory):
         written through the transport.
         """
         direct = directSocket(transport) if self.sendfile else None
-        if direct is not None:
+        if direct is not None and IReactorThreads.providedBy(self.clock):
             socketTransport, wrappers = direct
             return SendfileTransfer(
-                fd, start, end, transport, finished, socketTransport, wrappers
+                fd,
+                start,
+                end,
+                transport,
+                finished,
+                socketTransport,
+                wrappers,
+                self.clock,
             )
         return FileTransfer(fd, start, end, transport, finished)

@@ -740,6 +740,145 @@ class FileTransferTests(SynchronousTestCase):
         self.assertEqual(self.results, [])
 
 
+class ManualThreads:
+    """
+    An L{IReactorThreads} stand-in: calls for threads wait in a list, calls
+    back from them run at once.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def callInThread(self, f: Any, *args: Any) -> None:
+        self.calls.append((f, args))
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+    def runAll(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args in calls:
+            f(*args)
+
+
+class FakeSocketTransport:
+    """
+    What L{SendfileTransfer} needs of a L{tcp.Server}: a descriptor and
+    C{startWriting}.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writing = 0
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def startWriting(self) -> None:
+        self.writing += 1
+
+
+class PullingTransport(StringTransport):
+    """
+    A L{StringTransport} that, like Twisted's socket transports, asks a
+    pull producer for data as soon as it is registered.
+    """
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        if not streaming:
+            producer.resumeProducing()
+
+
+class CountingWrapper(ProtocolWrapper):
+    sentCount = 0
+
+    def sentDirectly(self, count: int) -> None:
+        self.sentCount += count
+
+
+class SendfileTransferTests(SynchronousTestCase):
+    """
+    L{SendfileTransfer} with its thread calls run by hand, over a real
+    socket pair.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        with open(self.path, "wb") as stream:
+            stream.write(b"f" * 5000)
+        self.fd = os.open(self.path, os.O_RDONLY)
+        self.near, self.far = socket.socketpair()
+        self.near.setblocking(False)
+        self.addCleanup(self.near.close)
+        self.addCleanup(self.far.close)
+        self.threads = ManualThreads()
+        self.consumer = PullingTransport()
+        self.socketTransport = FakeSocketTransport(self.near)
+        self.wrapper = CountingWrapper(
+            WrappingFactory(protocol.Factory()), protocol.Protocol()
+        )
+        self.results: list[bool] = []
+        self.transfer = SendfileTransfer(
+            self.fd,
+            1000,
+            5000,
+            self.consumer,
+            self.results.append,
+            self.socketTransport,
+            [self.wrapper],
+            self.threads,
+        )
+        self.transfer.start()
+        self.dup = self.transfer._socketFd
+
+    def assertClosed(self, *fds: int | None) -> None:
+        for fd in fds:
+            assert fd is not None
+            self.assertRaises(OSError, os.fstat, fd)
+
+    def test_waitsForTheBuffer(self) -> None:
+        """
+        Registering sends nothing: the transport's buffer may hold the
+        C{OK SIZE} line. The first burst goes when the transport asks.
+        """
+        self.assertEqual(self.threads.calls, [])
+        self.assertEqual(self.socketTransport.writing, 1)
+        self.consumer.producer.resumeProducing()
+        self.threads.runAll()
+        self.assertEqual(self.results, [True])
+        self.assertEqual(self.far.recv(10000), b"f" * 4000)
+        self.assertEqual(self.wrapper.sentCount, 4000)
+        self.assertIsNone(self.consumer.producer)
+        self.assertClosed(self.fd, self.dup)
+
+    def test_shrunk(self) -> None:
+        """
+        A file that ends before its size ends the transfer short.
+        """
+        os.truncate(self.path, 3000)
+        self.transfer.resumeProducing()
+        self.threads.runAll()
+        self.assertEqual(self.results, [False])
+        self.assertEqual(self.transfer.sent, 2000)
+        self.assertClosed(self.fd, self.dup)
+
+    def test_closedDuringBurst(self) -> None:
+        """
+        Closed (twice, as the transport and the protocol both do) while a
+        burst runs, the transfer keeps its descriptors until the burst
+        returns, then closes them all.
+        """
+        self.transfer.resumeProducing()
+        self.transfer.stopProducing()
+        self.transfer.close()
+        os.fstat(self.fd)
+        os.fstat(self.dup)
+        self.threads.runAll()
+        self.assertClosed(self.fd, self.dup)
+        self.assertEqual(self.results, [])
+
+
 class WrapperCountingTests(SynchronousTestCase):
     """
     L{directSocket} finds a plain socket only when no TLS is on the way.
@@ -757,11 +896,18 @@ class WrapperCountingTests(SynchronousTestCase):
         self.assertIsNone(directSocket(wrapper))
 
 
-def openFds() -> int:
+def openDescriptors() -> list[str]:
     """
-    How many file descriptors this process has open.
+    What each of this process's open file descriptors refers to
+    (C{/proc/self/fd}: a path, or C{socket:[INODE]}).
     """
-    return len(os.listdir("/proc/self/fd"))
+    targets = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass  # the descriptor that listed the directory, closed since
+    return targets
 
 
 class Received(protocol.Protocol):
@@ -960,16 +1106,35 @@ class LoopbackTests(TestCase):
         """
         A client that goes away mid-transfer leaves no open file or socket.
         """
-        _path, client = yield self.pausedDownload("huge", b"h", 64 * 2**20)
-        # Open now: the client's socket, the server's, and the file.
-        during = openFds()
+        path, client = yield self.pausedDownload("huge", b"h", 64 * 2**20)
+        [server] = self.factory.transfers
+        transfer = server.transfer
+        serverSocket = server.transport.transport.fileno()
+        gone = [
+            os.path.realpath(path),
+            f"socket:[{os.fstat(serverSocket).st_ino}]",
+            f"socket:[{os.fstat(client.transport.fileno()).st_ino}]",
+        ]
+        during = openDescriptors()
+        # The file, both ends, and for sendfile the duplicate of the
+        # server's socket that its bursts use.
+        held = 4 if isinstance(transfer, SendfileTransfer) else 3
+        self.assertEqual(sum(during.count(target) for target in gone), held)
         lost = self.factory.nextLost()
         client.transport.abortConnection()
         yield client.closed
-        server = yield lost
+        yield lost
         self.assertIsNone(server.transfer)
         self.assertEqual(self.factory.transfers, set())
-        self.assertEqual(openFds(), during - 3)
+        for _ in range(10000):
+            if not getattr(transfer, "_inFlight", False):
+                break
+            # A burst under way in a thread releases its descriptors when
+            # it returns, within a few turns of the reactor.
+            yield task.deferLater(_reactor, 0, lambda: None)
+        after = openDescriptors()
+        self.assertEqual([target for target in gone if target in after], [])
+        self.assertLessEqual(len(after), len(during) - held)
 
     @defer.inlineCallbacks
     def test_truncatedDuringTransfer(self) -> defer.Generator:
