@@ -11,7 +11,7 @@ TRIAL_ARGS ?= -j2
 SYSTEM_COMMANDS := nc openssl
 SYSTEM_PACKAGES := netcat-openbsd openssl
 
-.PHONY: run test trial lint sysdeps bench clean
+.PHONY: run test trial lint sysdeps bench bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ bench/echoload: bench/echoload.c
 ## bench: netd against its peers, side by side
 bench: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/echo_bench.py
+	$(BIN)/python bench/getfile_bench.py
+
+## bench-getfile: getfile (1 and 4 clients, 256 MiB) against FileSender and os.sendfile servers
+bench-getfile: $(VENV)/.installed
+	$(BIN)/python bench/getfile_bench.py
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload
