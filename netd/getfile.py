@@ -280,16 +280,22 @@ def directSocket(transport: Any) -> tuple[Any, list[ProtocolWrapper]] | None:
 
 def reportSentDirectly(wrappers: list[ProtocolWrapper], count: int) -> None:
     """
-    Tell each wrapper that counts bytes (a C{sentDirectly(count)} method on
-    its class, as L{netd.connlog.LoggedConnection} has) about bytes sent
-    past it, straight to the socket.
+    Tell the wrappers about bytes sent past them, straight to the socket:
+    each that counts bytes (a C{sentDirectly(count)} method, as
+    L{netd.connlog.LoggedConnection} has) is told the count, and each that
+    watches for idle connections (C{resetTimeout}, as Twisted's
+    L{policies.TimeoutProtocol} has) is told there was activity, as a
+    C{write} through it would have.
     """
     for wrapper in wrappers:
         # Looked up on the class: a ProtocolWrapper hands unknown attribute
         # names on to its transport, which would count the bytes twice.
-        hook = getattr(type(wrapper), "sentDirectly", None)
-        if hook is not None:
-            hook(wrapper, count)
+        sentDirectly = getattr(type(wrapper), "sentDirectly", None)
+        if sentDirectly is not None:
+            sentDirectly(wrapper, count)
+        resetTimeout = getattr(type(wrapper), "resetTimeout", None)
+        if resetTimeout is not None:
+            resetTimeout(wrapper)
 
 
 @implementer(IPullProducer)

@@ -21,7 +21,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -37,6 +37,7 @@ from netd.getfile import (
     SendfileTransfer,
     directSocket,
     parseRequestLine,
+    reportSentDirectly,
     requestComponents,
 )
 from netd.listeners import StartupError
@@ -881,8 +882,33 @@ class SendfileTransferTests(SynchronousTestCase):
 
 class WrapperCountingTests(SynchronousTestCase):
     """
-    L{directSocket} finds a plain socket only when no TLS is on the way.
+    L{directSocket} finds a plain socket only when no TLS is on the way;
+    L{reportSentDirectly} tells the wrappers on the way what was sent.
     """
+
+    def test_reported(self) -> None:
+        """
+        A wrapper that counts bytes gets the count once (not also through
+        the wrapper outside it, which hands unknown names on); an idle
+        timeout is pushed back as a write would.
+        """
+        clock = task.Clock()
+        timeouts = TimeoutFactory(protocol.Factory.forProtocol(protocol.Protocol), 10)
+        timeouts.callLater = clock.callLater  # type: ignore[method-assign]
+        timeout = timeouts.buildProtocol(None)
+        counting = CountingWrapper(
+            WrappingFactory(protocol.Factory()), protocol.Protocol()
+        )
+        outer = ProtocolWrapper(WrappingFactory(protocol.Factory()), counting)
+        outer.transport = counting
+        timeout.makeConnection(StringTransport())
+        clock.advance(9)
+        reportSentDirectly([outer, counting, timeout], 100)
+        self.assertEqual(counting.sentCount, 100)
+        clock.advance(9)
+        self.assertFalse(timeout.transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(timeout.transport.disconnecting)
 
     def test_notASocket(self) -> None:
         """

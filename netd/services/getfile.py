@@ -13,7 +13,6 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
-from netd.listeners import StartupError
 from netd.plugin import ServicePlugin
 
 
@@ -78,6 +77,7 @@ class GetFileService(ServicePlugin):
         @raise StartupError: when it is not.
         """
         from netd.getfile import GetFileFactory
+        from netd.listeners import StartupError
 
         root = options["root"] or os.getcwd()
         if not os.path.isdir(root):
