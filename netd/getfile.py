@@ -582,9 +582,7 @@ class GetFileProtocol(Protocol):
         newline = self._buffer.find(b"\n", 0, MAX_LINE)
         if newline == -1:
             if len(self._buffer) >= MAX_LINE:
-                self._refuse(
-                    RequestRefused(400, "bad request", "request line too long")
-                )
+                self._refuse(RequestRefused(400, "bad request", "line too long"))
             return
         line, self._buffer = self._buffer[:newline], b""
         self._answer(line)
@@ -611,6 +609,7 @@ class GetFileProtocol(Protocol):
     def _answer(self, line: bytes) -> None:
         self._answered = True
         self._cancelTimeout()
+        self._buffer = line
         try:
             self.request = request = parseRequestLine(line)
             if len(self.factory.transfers) >= self.factory.maxTransfers:
@@ -619,6 +618,7 @@ class GetFileProtocol(Protocol):
         except RequestRefused as refused:
             self._refuse(refused)
             return
+        self._buffer = b""
         if request.offset > opened.size:
             os.close(opened.fd)
             self._refuse(
@@ -639,6 +639,10 @@ class GetFileProtocol(Protocol):
         self.transport.loseConnection()
 
     def _refuse(self, refused: RequestRefused) -> None:
+        """
+        Refuse the request: the extended form (known from the request, or
+        from the beginning of the line so far) is told why.
+        """
         self._answered = True
         self._cancelTimeout()
         self._outcome = f"refused: {refused.code} {refused.reason}"

@@ -536,6 +536,22 @@ class ProtocolTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"", path)
             self.assertTrue(transport.disconnecting)
 
+    def test_malformed(self) -> None:
+        """
+        A malformed extended request gets C{ERR 400}; a malformed book one
+        (a NUL, not UTF-8) is closed without a byte.
+        """
+        for line in [b"GETFILE/1 x y", b"GETFILE/1 0", b"GETFILE/1 0 a\x00b"]:
+            proto, transport = self.connect()
+            proto.dataReceived(line + b"\n")
+            self.assertEqual(transport.value(), b"ERR 400 bad request\n", line)
+            self.assertTrue(transport.disconnecting)
+        for line in [b"a\x00b", b"\xff"]:
+            proto, transport = self.connect()
+            proto.dataReceived(line + b"\n")
+            self.assertEqual(transport.value(), b"", line)
+            self.assertTrue(transport.disconnecting)
+
     def test_offsets(self) -> None:
         """
         Offset 0 sends all, the middle the rest, the end nothing (but
@@ -1115,9 +1131,10 @@ class LoopbackTests(TestCase):
             self.assertEqual(book, b"", path)
             extended = yield self.fetch(b"GETFILE/1 0 " + path.encode() + b"\n")
             self.assertRegex(extended, rb"^ERR 40[34] (forbidden|not found)\n$", path)
-        for line in [b"text.txt\x00.jpg\n", b"GETFILE/1 0 text.txt\x00\n"]:
-            received = yield self.fetch(line)
-            self.assertIn(received, (b"", b"ERR 400 bad request\n"))
+        received = yield self.fetch(b"text.txt\x00.jpg\n")
+        self.assertEqual(received, b"")
+        received = yield self.fetch(b"GETFILE/1 0 text.txt\x00\n")
+        self.assertEqual(received, b"ERR 400 bad request\n")
 
     @defer.inlineCallbacks
     def test_overLongLine(self) -> defer.Generator:
