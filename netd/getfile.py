@@ -304,6 +304,13 @@ class FileTransfer:
     Send a byte range of an open file through a transport, a chunk each
     time the transport asks for more, and never past the range's end.
 
+    A wrapper between the protocol and a plain TCP transport may send a
+    chunk to the socket at once instead of queueing it (netd's connection
+    wrappers write eagerly); then the transport, with nothing queued, would
+    never ask for more. Given the socket transport under the wrappers, the
+    transfer asks it to report writability after each chunk, so that it
+    always asks again.
+
     @ivar position: the offset of the next byte to send.
     @ivar end: the offset after the last byte to send.
     @ivar sent: how many bytes were sent so far.
@@ -318,6 +325,7 @@ class FileTransfer:
         end: int,
         consumer: Any,
         finished: Callable[[bool], None],
+        socketTransport: Any = None,
     ) -> None:
         """
         @param fd: the open file; this transfer closes it.
@@ -328,8 +336,11 @@ class FileTransfer:
             C{end} was sent and C{False} when the file ended early (it
             shrank) or could not be read. Not called when the transfer is
             stopped from outside.
+        @param socketTransport: the L{tcp.Server} under C{consumer}, if
+            it is a plain socket (L{directSocket}).
         """
         self.fd: int | None = fd
+        self.socketTransport = socketTransport
         self.position = start
         self.end = end
         self.sent = 0
@@ -367,6 +378,8 @@ class FileTransfer:
         self.consumer.write(chunk)
         if self.position >= self.end:
             self._finish(True)
+        elif self.socketTransport is not None:
+            self.socketTransport.startWriting()
 
     def stopProducing(self) -> None:
         """
@@ -456,8 +469,7 @@ class SendfileTransfer(FileTransfer):
         @param wrappers: the wrappers above it, told about the bytes sent.
         @param threads: an L{IReactorThreads} to run bursts with.
         """
-        super().__init__(fd, start, end, consumer, finished)
-        self.socketTransport = socketTransport
+        super().__init__(fd, start, end, consumer, finished, socketTransport)
         self.wrappers = wrappers
         self.threads = threads
         self._socketFd: int | None = os.dup(socketTransport.fileno())
@@ -746,9 +758,11 @@ class GetFileFactory(Factory):
         plain socket under any number of non-TLS wrappers, else chunks
         written through the transport.
         """
-        direct = directSocket(transport) if self.sendfile else None
-        if direct is not None and IReactorThreads.providedBy(self.clock):
-            socketTransport, wrappers = direct
+        direct = directSocket(transport)
+        if direct is None:
+            return FileTransfer(fd, start, end, transport, finished)
+        socketTransport, wrappers = direct
+        if self.sendfile and IReactorThreads.providedBy(self.clock):
             return SendfileTransfer(
                 fd,
                 start,
@@ -759,4 +773,4 @@ class GetFileFactory(Factory):
                 wrappers,
                 self.clock,
             )
-        return FileTransfer(fd, start, end, transport, finished)
+        return FileTransfer(fd, start, end, transport, finished, socketTransport)

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, protocol, ssl, task, threads
+from twisted.internet import defer, protocol, ssl, task, tcp, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -1301,3 +1301,53 @@ class ProducerLoopbackTests(LoopbackTests):
     """
 
     sendfile = False
+
+
+class EagerWriter(ProtocolWrapper):
+    """
+    A wrapper that, like netd's connection wrappers, sends a write to the
+    socket at once when nothing is queued, so that the transport never
+    sees it.
+    """
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if (
+            isinstance(transport, tcp.Server)
+            and not transport._tempDataBuffer
+            and len(transport.dataBuffer) <= transport.offset
+        ):
+            try:
+                data = data[transport.socket.send(data) :]
+            except OSError:
+                pass
+            if not data:
+                return
+        transport.write(data)
+
+
+class EagerWriterMixin:
+    """
+    Put an L{EagerWriter} between the socket and the connection log.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        eager = WrappingFactory(self.logged)  # type: ignore[attr-defined]
+        eager.protocol = EagerWriter
+        self.port = self.listen(eager)  # type: ignore[attr-defined]
+
+
+class EagerProducerLoopbackTests(EagerWriterMixin, ProducerLoopbackTests):
+    """
+    The producer's downloads under a wrapper that writes eagerly: the
+    transfer still hears when to send more.
+    """
+
+
+class EagerSendfileLoopbackTests(EagerWriterMixin, LoopbackTests):
+    """
+    The sendfile downloads under a wrapper that writes eagerly.
+    """
