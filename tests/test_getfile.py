@@ -19,11 +19,13 @@ from twisted.internet.endpoints import (
     connectProtocol,
     wrapClientTLS,
 )
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import alsoProvides
 
 from netd.connlog import ConnectionLoggingFactory
 from netd.getfile import (
@@ -1307,8 +1309,19 @@ class EagerWriter(ProtocolWrapper):
     """
     A wrapper that, like netd's connection wrappers, sends a write to the
     socket at once when nothing is queued, so that the transport never
-    sees it.
+    sees it; half-closes pass through it, as through those.
     """
+
+    def makeConnection(self, transport: Any) -> None:
+        super().makeConnection(transport)
+        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
+            alsoProvides(self, IHalfCloseableProtocol)
+
+    def readConnectionLost(self) -> None:
+        self.wrappedProtocol.readConnectionLost()
+
+    def writeConnectionLost(self) -> None:
+        self.wrappedProtocol.writeConnectionLost()
 
     def write(self, data: bytes) -> None:
         transport = self.transport
