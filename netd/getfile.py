@@ -618,6 +618,18 @@ class GetFileProtocol(Protocol):
         """
         self.transport.loseConnection()
 
+    def stopGracefully(self) -> None:
+        """
+        netd is stopping: finish a transfer under way, then close (as it
+        does); close at once a connection still waiting for its request.
+        (netd's C{IGracefulProtocol}.)
+        """
+        if not self._answered:
+            self._answered = True
+            self._cancelTimeout()
+            self._outcome = "closed: the server is stopping"
+            self.transport.loseConnection()
+
     def _answer(self, line: bytes) -> None:
         self._answered = True
         self._cancelTimeout()

@@ -450,6 +450,38 @@ class ServicePluginTests(SynchronousTestCase):
             task.Clock(),
         )
 
+    def test_reconfigure(self) -> None:
+        """
+        On reload, every getfile option applies to the requests after; a
+        root that is no directory is not applied.
+        """
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        service = GetFileService()
+        factory = service.makeFactory(self.options(), task.Clock())
+        options = self.options(
+            root=root, **{"request-timeout": 3.0, "max-transfers": 2}
+        )
+        options["no-sendfile"] = True
+        applied = service.reconfigure(
+            options,
+            ["root", "request-timeout", "max-transfers", "no-sendfile", "other"],
+            factory,
+            [],
+        )
+        self.assertEqual(
+            sorted(applied), ["max-transfers", "no-sendfile", "request-timeout", "root"]
+        )
+        self.assertEqual(
+            (factory.root.path, factory.requestTimeout, factory.maxTransfers),
+            (os.path.realpath(root), 3.0, 2),
+        )
+        self.assertFalse(factory.sendfile)
+        missing = self.options(root=os.path.join(root, "missing"))
+        self.assertEqual(service.reconfigure(missing, ["root"], factory, []), [])
+        self.assertEqual(factory.root.path, os.path.realpath(root))
+        self.assertEqual(service.reconfigure(options, ["root"], None, []), ())
+
     def test_validate(self) -> None:
         """
         A timeout or transfer limit that is not positive is a usage error
@@ -628,6 +660,24 @@ class ProtocolTests(SynchronousTestCase):
         proto, transport = self.connect()
         proto.dataReceived(b"GETFILE/1 0 " + b"a" * (MAX_LINE - 13) + b"\n")
         self.assertEqual(transport.value(), b"ERR 404 not found\n")
+
+    def test_stopGracefully(self) -> None:
+        """
+        Stopping gracefully closes a connection still waiting for its
+        request (and reads none after), and lets a transfer under way end.
+        """
+        waiting, waitingTransport = self.connect()
+        waiting.stopGracefully()
+        self.assertTrue(waitingTransport.disconnecting)
+        waiting.dataReceived(b"GETFILE/1 0 text.txt\n")
+        self.assertEqual(waitingTransport.value(), b"")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        sending, sendingTransport = self.connect()
+        sending.dataReceived(b"k1024\n")
+        sending.stopGracefully()
+        self.assertFalse(sendingTransport.disconnecting)
+        self.assertEqual(self.drain(sendingTransport), content(self.root, "k1024"))
+        self.assertTrue(sendingTransport.disconnecting)
 
     def test_halfCloseBeforeTheLine(self) -> None:
         """
