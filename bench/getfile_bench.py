@@ -134,6 +134,16 @@ class Server:
         ticks = os.sysconf("SC_CLK_TCK")
         return (int(fields[11]) + int(fields[12])) / ticks
 
+    def peakMemory(self) -> float:
+        """
+        The process's peak resident memory so far, in MiB.
+        """
+        with open(f"/proc/{self.process.pid}/status") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -283,6 +293,10 @@ def main() -> None:
                     f"{serverCpu:>9.0f}% {clientCpu:>9.0f}%"
                 )
         print("(CPU: percent of one core over the round; clients summed)")
+        print(
+            "peak server memory (MiB): "
+            + ", ".join(f"{s.name} {s.peakMemory():.0f}" for s in servers)
+        )
     finally:
         for server in servers:
             server.stop()
