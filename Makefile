@@ -11,7 +11,7 @@ TRIAL_ARGS ?= -j2
 SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
 
-.PHONY: run test trial lint sysdeps bench bench-objects clean
+.PHONY: run test trial lint sysdeps bench bench-echo bench-objects bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,11 +51,20 @@ bench/echoload: bench/echoload.c
 ## bench: netd against its peers, side by side
 bench: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/echo_bench.py
+	$(BIN)/python bench/getfile_bench.py
 	$(BIN)/python bench/objects_bench.py
+
+## bench-echo: echo only (C=1, C=64, bulk) against Twisted and asyncio peers
+bench-echo: $(VENV)/.installed bench/echoload
+	$(BIN)/python bench/echo_bench.py $(ARGS)
 
 ## bench-objects: objects round trips/s, netd against the stdlib's Listener
 bench-objects: $(VENV)/.installed
 	$(BIN)/python bench/objects_bench.py $(ARGS)
+
+## bench-getfile: getfile (1 and 4 clients, 256 MiB) against FileSender and os.sendfile servers
+bench-getfile: $(VENV)/.installed
+	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload

@@ -107,6 +107,7 @@ class Options(usage.Options):
     subCommands = [
         ["echo", None, _lazy("netd.echoclient.EchoCommand"), "Echo words, lock-step."],
         ["load", None, _lazy("netd.echoclient.LoadCommand"), "Drive many clients."],
+        ["getfile", None, _lazy("netd.getfileclient.GetFileCommand"), "Get a file."],
         ["daytime", None, _lazy("netd.clockclient.DaytimeCommand"), "Daytime."],
         ["time", None, _lazy("netd.clockclient.TimeCommand"), "RFC 868 time."],
         ["sntp", None, _lazy("netd.clockclient.SNTPCommand"), "An SNTP exchange."],

@@ -51,6 +51,14 @@ class LoggedConnection(PassThroughWrapper):
         self.bytesOut += len(data)
         super().write(data)
 
+    def sentDirectly(self, count: int) -> None:
+        """
+        Count bytes the wrapped protocol sent straight to the socket, past
+        this wrapper (getfile's C{os.sendfile}; see
+        L{netd.getfile.reportSentDirectly}).
+        """
+        self.bytesOut += count
+
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
         self.log.info(

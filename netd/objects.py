@@ -53,6 +53,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.plugin import IGracefulProtocol
+
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PENDING = 16
 HANDSHAKE_MAX_BYTES = 256
@@ -857,7 +859,7 @@ class _Reply:
         self.frame: bytes | None = None
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IGracefulProtocol)
 class ObjectsServerProtocol(FrameReceiver):
     """
     Serve one connection: the handshake when there is an authkey, then one
@@ -882,6 +884,7 @@ class ObjectsServerProtocol(FrameReceiver):
         self._running: list[defer.Deferred[Any]] = []
         self._writesPaused = False
         self._readPaused = False
+        self._stopping = False
         self.requests = 0
 
     def connectionMade(self) -> None:
@@ -958,6 +961,7 @@ class ObjectsServerProtocol(FrameReceiver):
         result = self.factory.process(frame, self.peer)
         if isinstance(result, bytes) and not self._replies:
             self.sendFrame(result)
+            self._closeIfStopping()
             return
         reply = _Reply()
         self._replies.append(reply)
@@ -982,6 +986,21 @@ class ObjectsServerProtocol(FrameReceiver):
         if ready:
             self.transport.writeSequence(ready)
         self._updateReading()
+        self._closeIfStopping()
+
+    def stopGracefully(self) -> None:
+        """
+        netd is stopping: close now if no request is in progress, or once
+        the last reply in progress is sent.
+        """
+        self._stopping = True
+        self._closeIfStopping()
+
+    def _closeIfStopping(self) -> None:
+        if self._stopping and not self._replies and not self._closing:
+            self._closing = True
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
 
     def _updateReading(self) -> None:
         if self._closing:

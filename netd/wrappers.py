@@ -60,11 +60,17 @@ class PassThroughWrapper(ProtocolWrapper):
         """
         Send what the kernel takes now, if nothing is queued before it.
 
+        Not while a pull producer (L{IPullProducer}, such as Twisted's
+        C{FileSender}) is registered: the transport asks it for more only
+        when its own buffer drains, and a chunk sent past that buffer would
+        leave it waiting for ever.
+
         @return: what is left for the transport to queue.
         """
         transport = self.transport
         if (
-            transport._tempDataBuffer
+            (transport.producer is not None and not transport.streamingProducer)
+            or transport._tempDataBuffer
             or len(transport.dataBuffer) > transport.offset
             or transport.disconnecting
             or not transport.connected

@@ -428,6 +428,31 @@ class ObjectsServerTests(SynchronousTestCase):
         protocol.dataReceived(frame(pickle.dumps({"a": [1, 2]})))
         self.assertEqual(replies(transport), [{"a": [1, 2]}])
 
+    def test_stopGracefullyIdle(self) -> None:
+        """
+        When netd stops, a connection with no request in progress closes at
+        once.
+        """
+        protocol, transport = serve()
+        protocol.dataReceived(frame(pickle.dumps(1)))
+        protocol.stopGracefully()
+        self.assertEqual(replies(transport), [1])
+        self.assertTrue(transport.disconnecting)
+
+    def test_stopGracefullyInFlight(self) -> None:
+        """
+        When netd stops, a request in progress still gets its reply, then
+        the connection closes.
+        """
+        pending: defer.Deferred[Any] = defer.Deferred()
+        protocol, transport = serve(lambda request: pending)
+        protocol.dataReceived(frame(pickle.dumps("slow")))
+        protocol.stopGracefully()
+        self.assertFalse(transport.disconnecting)
+        pending.callback("done")
+        self.assertEqual(replies(transport), ["done"])
+        self.assertTrue(transport.disconnecting)
+
     def test_add(self) -> None:
         """
         The C{add} handler adds lists and strings, as the book's server.

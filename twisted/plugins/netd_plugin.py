@@ -9,6 +9,7 @@ from twisted.application.service import ServiceMaker
 
 from netd.services.clock import daytime, sntp, time
 from netd.services.echo import echo
+from netd.services.getfile import getfile
 from netd.services.objects import objects
 from netd.tls import tlsServerParser
 
@@ -19,4 +20,13 @@ netd = ServiceMaker(
     "netd",
 )
 
-__all__ = ["netd", "echo", "daytime", "time", "sntp", "objects", "tlsServerParser"]
+__all__ = [
+    "netd",
+    "echo",
+    "getfile",
+    "daytime",
+    "time",
+    "sntp",
+    "objects",
+    "tlsServerParser",
+]

@@ -1,0 +1,146 @@
+# -*- test-case-name: tests.test_getfile -*-
+"""
+The getfile service's plugin: C{--getfile}, C{--getfile-root},
+C{--getfile-request-timeout}, C{--getfile-max-transfers},
+C{--getfile-no-sendfile}.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.usage import UsageError
+
+from netd.plugin import ServicePlugin
+
+
+class GetFileService(ServicePlugin):
+    """
+    Files under a root directory, by the book's getfile protocol and by the
+    extended C{GETFILE/1} form.
+    """
+
+    log = Logger()
+    name = "getfile"
+    description = "send files under a root directory (the book's getfile, confined)"
+    defaultEndpoints = ("tcp:50001:interface=127.0.0.1",)
+    stream = True
+    datagram = False
+    optParameters = [
+        [
+            "root",
+            None,
+            None,
+            "Serve the files under this directory "
+            "[default: the directory netd starts in].",
+        ],
+        [
+            "request-timeout",
+            None,
+            10.0,
+            "Seconds a client has to send its request line.",
+            float,
+        ],
+        [
+            "max-transfers",
+            None,
+            64,
+            "Transfers at once; more are refused as busy (503).",
+            int,
+        ],
+    ]
+    optFlags = [
+        [
+            "no-sendfile",
+            None,
+            "Never use os.sendfile: stream every file through the transport.",
+        ]
+    ]
+
+    def validate(self, options: Mapping[str, Any]) -> None:
+        if options["request-timeout"] <= 0:
+            raise UsageError(
+                "--getfile-request-timeout must be positive, "
+                f"not {options['request-timeout']!r}"
+            )
+        if options["max-transfers"] < 1:
+            raise UsageError(
+                "--getfile-max-transfers must be positive, "
+                f"not {options['max-transfers']!r}"
+            )
+
+    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+        """
+        Build the factory for the root, which must be a readable directory.
+
+        @raise StartupError: when it is not.
+        """
+        from netd.getfile import GetFileFactory
+
+        return GetFileFactory(
+            reactor,
+            rootDirectory(options),
+            requestTimeout=options["request-timeout"],
+            maxTransfers=options["max-transfers"],
+            sendfile=not options["no-sendfile"],
+        )
+
+    def reconfigure(
+        self,
+        options: Mapping[str, Any],
+        changed: Collection[str],
+        factory: Any,
+        datagramProtocols: Sequence[Any],
+    ) -> Collection[str]:
+        """
+        Apply changed options (on C{SIGHUP}) to the requests that come after;
+        transfers under way go on as they began. A new root that is not a
+        readable directory is not applied, and is logged.
+
+        @return: the names of the options applied.
+        """
+        from netd.getfile import ConfinedRoot
+        from netd.listeners import StartupError
+
+        if factory is None:
+            return ()
+        applied = []
+        for name in changed:
+            if name == "root":
+                try:
+                    factory.root = ConfinedRoot(rootDirectory(options))
+                except StartupError as error:
+                    self.log.warn("{error}; still serving the old root", error=error)
+                    continue
+            elif name == "request-timeout":
+                factory.requestTimeout = options["request-timeout"]
+            elif name == "max-transfers":
+                factory.maxTransfers = options["max-transfers"]
+            elif name == "no-sendfile":
+                factory.sendfile = not options["no-sendfile"]
+            else:
+                continue
+            applied.append(name)
+        return applied
+
+
+def rootDirectory(options: Mapping[str, Any]) -> str:
+    """
+    The directory to serve: C{root}, or the one netd was started in.
+
+    @raise netd.listeners.StartupError: when it is not a readable directory.
+    """
+    from netd.listeners import StartupError
+
+    root = options["root"] or os.getcwd()
+    if not os.path.isdir(root):
+        raise StartupError(f"getfile: root {root!r} is not a directory")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise StartupError(f"getfile: root {root!r} is not readable")
+    return str(root)
+
+
+getfile = GetFileService()
