@@ -15,6 +15,8 @@ from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from netd.throttledlog import ThrottledLog
+
 #: Source ports of services that answer any datagram: echo, daytime,
 #: chargen, time, NTP; and port 0, which no real sender uses.
 REFLECTION_PORTS = frozenset({0, 7, 13, 19, 37, 123})
@@ -93,6 +95,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.serviceName = serviceName
         self.limiter = limiter
         self.dropped = 0
+        self._dropLog = ThrottledLog(limiter.clock)
 
     def logPrefix(self) -> str:
         return self.serviceName
@@ -107,7 +110,8 @@ class GuardedDatagramProtocol(DatagramProtocol):
         host, port = address[:2]
         if port in self.reflectionPorts or not self.limiter.allow(host):
             self.dropped += 1
-            self.log.debug(
+            self._dropLog.emit(
+                self.log.info,
                 "{service} dropped a datagram from {host}:{port}",
                 service=self.serviceName,
                 host=host,

@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.plugin import IGracefulProtocol
+from netd.throttledlog import ThrottledLog
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_PENDING = 16
@@ -1095,6 +1096,7 @@ class ObjectsFactory(Factory):
         self.maxBytes = maxBytes
         self.maxPending = maxPending
         self.threadPool = threadPool
+        self._refusalLog = ThrottledLog(reactor, interval=1.0, lines=10)
 
     def process(self, frame: bytes, peer: str) -> bytes | defer.Deferred[bytes]:
         """
@@ -1137,7 +1139,8 @@ class ObjectsFactory(Factory):
         try:
             return loadRestricted(frame, self.allowed)
         except PickleRefusedError as error:
-            self.log.warn(
+            self._refusalLog.emit(
+                self.log.warn,
                 "objects: refused a pickle from {peer}: {reason}",
                 peer=peer,
                 reason=str(error),

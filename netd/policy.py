@@ -14,7 +14,6 @@ L{Policy.update} changes them at run time.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 
 from netd.listeners import describeAddress
+from netd.throttledlog import ThrottledLog
 from netd.wrappers import PassThroughWrapper
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -215,6 +215,7 @@ class PolicyFactory(WrappingFactory):
         self.serviceName = serviceName
         self.policy = policy
         self.clock = clock
+        self._refusalLog = ThrottledLog(clock, interval=1.0, lines=10)
         self.perSource: dict[Address, int] = {}
 
     @property
@@ -245,7 +246,8 @@ class PolicyFactory(WrappingFactory):
     def buildProtocol(self, addr: Any) -> Any:
         reason = self.refusal(addr)
         if reason is not None:
-            self.log.info(
+            self._refusalLog.emit(
+                self.log.info,
                 "{service} refused {peer}: {reason}",
                 service=self.serviceName,
                 peer=describeAddress(addr),
@@ -289,11 +291,20 @@ class PolicedDatagramProtocol(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, serviceName: str, wrapped: Any, policy: Policy) -> None:
+    def __init__(
+        self, serviceName: str, wrapped: Any, policy: Policy, clock: Any
+    ) -> None:
+        """
+        @param serviceName: the netd service, for logs.
+        @param wrapped: the service's own datagram protocol.
+        @param policy: the service's L{Policy}.
+        @param clock: an L{IReactorTime}, to throttle the log of drops.
+        """
         self.serviceName = serviceName
         self.wrapped = wrapped
         self.policy = policy
         self.dropped = 0
+        self._dropLog = ThrottledLog(clock)
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
@@ -309,7 +320,8 @@ class PolicedDatagramProtocol(DatagramProtocol):
         reason = self.policy.settings.refusal(clientAddress(address[0]))
         if reason is not None:
             self.dropped += 1
-            self.log.debug(
+            self._dropLog.emit(
+                self.log.info,
                 "{service} dropped a datagram from {host}: {reason}",
                 service=self.serviceName,
                 host=address[0],
@@ -323,26 +335,3 @@ class PolicedDatagramProtocol(DatagramProtocol):
 
     def logPrefix(self) -> str:
         return self.serviceName
-
-
-def servicePolicies(root: Any) -> dict[str, Policy]:
-    """
-    Find the L{Policy} of every service in a service tree, to L{update
-    <Policy.update>} them at run time.
-
-    @param root: the service L{netd.tap.makeService} made.
-    @return: service name to its policy.
-    """
-    return {name: policy for name, policy in _policies(root)}
-
-
-def _policies(root: Any) -> Iterator[tuple[str, Policy]]:
-    for service in root:
-        for held in (
-            getattr(service, "factory", None),
-            getattr(service, "protocol", None),
-        ):
-            if isinstance(held, PolicyFactory | PolicedDatagramProtocol):
-                yield held.serviceName, held.policy
-        if hasattr(service, "__iter__"):
-            yield from _policies(service)

@@ -441,7 +441,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 protocol = service.makeDatagramProtocol(options, reactor)
                 running.datagramProtocols.append(protocol)
                 protocol = PolicedDatagramProtocol(
-                    service.name, protocol, running.policy
+                    service.name, protocol, running.policy, reactor
                 )
                 listener: Any = DatagramListener(
                     service.name, description, reactor, protocol

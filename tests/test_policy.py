@@ -29,7 +29,6 @@ from netd.policy import (
     RefusedConnection,
     clientAddress,
     parseNetwork,
-    servicePolicies,
 )
 from tests.common import exchange, refusedExchange
 
@@ -324,7 +323,7 @@ class DatagramPolicyTests(SynchronousTestCase):
         """
         wrapped = Remember()
         policy = Policy(settings(allow=["192.0.2.0/24", "::1"], deny=["192.0.2.9"]))
-        protocol = PolicedDatagramProtocol("test", wrapped, policy)
+        protocol = PolicedDatagramProtocol("test", wrapped, policy, task.Clock())
         protocol.datagramReceived(b"a", ("192.0.2.1", 5000))
         protocol.datagramReceived(b"b", ("192.0.2.9", 5000))
         protocol.datagramReceived(b"c", ("198.51.100.1", 5000))
@@ -378,7 +377,7 @@ class LoopbackTests(TestCase):
 
 class ServicePoliciesTests(SynchronousTestCase):
     """
-    L{servicePolicies} finds each service's policy in a service tree.
+    The tap gives each service one policy, kept where a reload finds it.
     """
 
     def test_found(self) -> None:
@@ -403,7 +402,7 @@ class ServicePoliciesTests(SynchronousTestCase):
             ]
         )
         root = makeService(options, reactor=MemoryReactorClock())
-        policies = servicePolicies(root)
+        policies = {name: running.policy for name, running in root.served.items()}
         self.assertEqual(list(policies), ["echo"])
         self.assertEqual(policies["echo"].settings.deny, (parseNetwork("::1"),))
         self.assertEqual(
