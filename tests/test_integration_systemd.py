@@ -27,6 +27,7 @@ from netd.tap import Options
 from tests.common import (
     PROJECT,
     TWISTD,
+    exchange,
     freePort,
     listenNotifySocket,
     projectEnvironment,
@@ -132,6 +133,20 @@ def waitUntil(condition: Any, interval: float = 0.05) -> defer.Deferred[None]:
     loop = task.LoopingCall(check)
     loop.start(interval)
     return done
+
+
+@defer.inlineCallbacks
+def runNetdNotifying(testCase: TestCase, *arguments: str) -> defer.Generator:
+    """
+    Run netd with a stand-in C{$NOTIFY_SOCKET}; fire with the process and
+    the socket once netd has said C{READY=1}.
+    """
+    notify = listenNotifySocket(testCase)
+    netd = yield runNetd(
+        testCase, *arguments, env=projectEnvironment(NOTIFY_SOCKET=notify.address)
+    )
+    yield notify.received("READY")
+    return netd, notify
 
 
 class DatagramClient(DatagramProtocol):
@@ -266,6 +281,7 @@ class ReloadTests(TestCase):
         self.assertEqual(
             (yield udp.ask(b"dgram", netd.port("echo", "UDP"))), b"B=>dgram"
         )
+        yield waitUntil(lambda: b"reload done" in netd.output)
         output = netd.output.decode()
         self.assertIn("reload: echo.prefix changed from 'A=>' to 'B=>'", output)
         self.assertIn("reload: echo.endpoints changed; it needs a restart", output)
@@ -276,7 +292,7 @@ class ReloadTests(TestCase):
         ready = yield notify.received("READY", 3)
         self.assertIn("reload failed", ready["STATUS"])
         self.assertEqual((yield client.exchange(b"three", 8)), b"B=>three")
-        self.assertIn("unknown key echo.'bogus'", netd.output.decode())
+        yield waitUntil(lambda: b"unknown key echo.'bogus'" in netd.output)
         self.assertFalse(client.closed.called)
 
     @defer.inlineCallbacks
@@ -302,21 +318,14 @@ class ReloadTests(TestCase):
                 )
 
         write(1)
-        notify = listenNotifySocket(self)
-        netd = yield runNetd(
-            self,
-            "--config",
-            config,
-            env=projectEnvironment(NOTIFY_SOCKET=notify.address),
-        )
-        yield notify.received("READY")
+        netd, notify = yield runNetdNotifying(self, "--config", config)
         port = netd.port("echo")
         first = yield connectProtocol(tlsClientEndpoint(old, port), EchoClient())
         self.assertEqual((yield first.exchange(b"one", 9)), b"Echo=>one")
         yield self.assertFailure(
             exchange(tlsClientEndpoint(old, port), until=1), TLSError, ConnectError
         )
-        self.assertIn("refused", netd.output.decode())
+        yield waitUntil(lambda: b"refused" in netd.output)
         self.assertIn("already 1 connections", netd.output.decode())
 
         new = Certificates(self.mktemp())
@@ -325,6 +334,8 @@ class ReloadTests(TestCase):
         write(2)
         netd.signal("HUP")
         yield notify.received("READY", 2)
+        # The log comes through another pipe than the notification.
+        yield waitUntil(lambda: b"reload done" in netd.output)
         output = netd.output.decode()
         self.assertIn("reload: echo.policy changed", output)
         self.assertIn("reloaded", output)
@@ -674,3 +685,104 @@ class ExampleConfigTests(TestCase):
         )
         client = yield connectEcho(netd.port("echo"))
         self.assertEqual((yield client.exchange(b"x", 7)), b"Echo=>x")
+
+
+class Download(Protocol):
+    """
+    A getfile client that can stop reading: it fires C{started} with the
+    first bytes and C{closed} with everything once the server closes.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.started: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.started.called:
+            self.started.callback(None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closed.callback(self.received)
+
+
+class GetFileLifecycleTests(TestCase):
+    """
+    getfile across a stop and a reload of netd.
+    """
+
+    def makeRoot(self, files: dict[str, bytes]) -> str:
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        for name, data in files.items():
+            with open(os.path.join(root, name), "wb") as stream:
+                stream.write(data)
+        return root
+
+    @defer.inlineCallbacks
+    def test_downloadSurvivesStop(self) -> defer.Generator:
+        """
+        A large download under way when netd is told to stop (its client
+        not even reading at that moment) completes, byte for byte, within
+        the grace period; then netd exits.
+        """
+        content = os.urandom(32 * 1024 * 1024)
+        root = self.makeRoot({"big.bin": content})
+        netd = yield runNetd(
+            self,
+            "--services",
+            "getfile",
+            "--getfile",
+            "tcp:0:interface=127.0.0.1",
+            "--getfile-root",
+            root,
+            "--grace",
+            "60",
+        )
+        client = Download()
+        yield connectProtocol(
+            TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile")), client
+        )
+        client.transport.write(b"GETFILE/1 0 big.bin\n")
+        yield client.started
+        client.transport.pauseProducing()
+        netd.signal("TERM")
+        yield waitUntil(lambda: b"stopping: 1 connections open" in netd.output)
+        client.transport.resumeProducing()
+        received = yield client.closed
+        self.assertEqual(len(received), len(b"OK %d\n" % len(content)) + len(content))
+        self.assertTrue(received == b"OK %d\n" % len(content) + content)
+        # twistd ends by the signal that stopped it, as systemd expects.
+        yield netd.ended
+        self.assertIn(b"sent, 33554432 of 33554432 bytes", netd.output)
+        self.assertIn(b"Server Shut Down.", netd.output)
+
+    @defer.inlineCallbacks
+    def test_reloadRoot(self) -> defer.Generator:
+        """
+        A reload that points getfile at another root serves the next
+        request from there.
+        """
+        first = self.makeRoot({"which.txt": b"first root\n"})
+        second = self.makeRoot({"which.txt": b"second root\n"})
+        config = os.path.abspath(self.mktemp())
+
+        def write(root: str) -> None:
+            with open(config, "w") as stream:
+                stream.write(
+                    'services = ["getfile"]\n[getfile]\n'
+                    'endpoints = ["tcp:0:interface=127.0.0.1"]\n'
+                    f"root = {root!r}\n"
+                )
+
+        write(first)
+        netd, notify = yield runNetdNotifying(self, "--config", config)
+        endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile"))
+        self.assertEqual((yield exchange(endpoint, b"which.txt\n")), b"first root\n")
+        write(second)
+        netd.signal("HUP")
+        yield notify.received("READY", 2)
+        # The log comes through another pipe than the notification.
+        yield waitUntil(lambda: b"reload: getfile.root changed" in netd.output)
+        self.assertEqual((yield exchange(endpoint, b"which.txt\n")), b"second root\n")
