@@ -471,30 +471,27 @@ def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
     and C{tls:} is always netd's (Twisted registers a C{tls:} of its own).
     """
     kind, _, inner = description.partition(":")
+    kind = kind.lower()
     try:
-        if kind.lower() == "haproxy":
+        if kind == "haproxy":
             from netd.proxyheader import ProxiedEndpoint
 
             return ProxiedEndpoint(
                 _streamEndpoint(serviceName, inner, reactor), reactor
             )
-        if kind.lower() == "tls":
+        if kind == "tls":
             from netd.tls import parseTLSEndpoint
 
             return parseTLSEndpoint(reactor, description)
         endpoint = serverFromString(reactor, description)
     except StartupError:
         raise
-    except (KeyError, IndexError) as error:
-        if kind != "systemd":
-            raise StartupError(
-                f"{serviceName}: bad endpoint {description!r}: {error}"
-            ) from error
-        raise StartupError(
-            f"{serviceName}: no inherited socket for {description!r} "
-            f"(inherited: {inheritedNames()})"
-        ) from error
     except Exception as error:
+        if kind == "systemd" and isinstance(error, KeyError | IndexError):
+            raise StartupError(
+                f"{serviceName}: no inherited socket for {description!r} "
+                f"(inherited: {inheritedNames()})"
+            ) from error
         raise StartupError(
             f"{serviceName}: bad endpoint {description!r}: {error}"
         ) from error
