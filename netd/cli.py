@@ -66,10 +66,10 @@ class ClientCommand(usage.Options):
     def endpoint(self, reactor: Any) -> Any:
         """
         The client endpoint to reach the server with; with C{--tls}, one
-        that verifies the server (L{netd.tls.clientEndpoint}).
+        that verifies the server (L{netd.tlsclient.clientEndpoint}).
         """
         if self["tls"]:
-            from netd.tls import clientEndpoint
+            from netd.tlsclient import clientEndpoint
 
             return clientEndpoint(
                 reactor,
@@ -104,20 +104,20 @@ class Options(usage.Options):
     """
 
     synopsis = "netd-client COMMAND [options]"
-    subCommands = [
-        ["echo", None, _lazy("netd.echoclient.EchoCommand"), "Echo words, lock-step."],
-        ["load", None, _lazy("netd.echoclient.LoadCommand"), "Drive many clients."],
-        ["getfile", None, _lazy("netd.getfileclient.GetFileCommand"), "Get a file."],
-        ["daytime", None, _lazy("netd.clockclient.DaytimeCommand"), "Daytime."],
-        ["time", None, _lazy("netd.clockclient.TimeCommand"), "RFC 868 time."],
-        ["sntp", None, _lazy("netd.clockclient.SNTPCommand"), "An SNTP exchange."],
-        [
-            "objects",
-            None,
-            _lazy("netd.objectsclient.ObjectsCommand"),
-            "Send an object.",
-        ],
-    ]
+
+    @property
+    def subCommands(self) -> list[list[Any]]:  # type: ignore[override]
+        """
+        Every installed service's commands (L{INetdService.clientCommands}),
+        their modules imported only when one runs.
+        """
+        from netd.plugin import discoverServices
+
+        return [
+            [name, None, _lazy(path), description]
+            for service in discoverServices()
+            for name, path, description in getattr(service, "clientCommands", ())
+        ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:

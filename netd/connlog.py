@@ -55,7 +55,7 @@ class LoggedConnection(PassThroughWrapper):
         """
         Count bytes the wrapped protocol sent straight to the socket, past
         this wrapper (getfile's C{os.sendfile}; see
-        L{netd.getfile.reportSentDirectly}).
+        L{netd.services.getfile.server.reportSentDirectly}).
         """
         self.bytesOut += count
 

@@ -54,6 +54,12 @@ class INetdService(Interface):
         "the service prefix; each gives a C{list[str]} (a list of strings in "
         "the config file). Optional: netd treats a missing one as empty."
     )
+    clientCommands = Attribute(
+        "C{Sequence}: the service's C{netd-client} commands, each "
+        "C{(name, 'module.OptionsClass', description)}, the class a "
+        "L{netd.cli.ClientCommand} imported only when its command runs. "
+        "Optional: netd treats a missing one as empty."
+    )
 
     def validate(options: Mapping[str, Any]) -> None:
         """
@@ -152,6 +158,7 @@ class ServicePlugin:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     optRepeatable: Sequence[Sequence[Any]] = ()
+    clientCommands: Sequence[tuple[str, str, str]] = ()
 
     def validate(self, options: Mapping[str, Any]) -> None:
         """

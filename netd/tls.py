@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_tls -*-
 """
-TLS for netd: the C{tls:} server endpoint type, certificates that can be
-re-read at run time, and the clients' verifying endpoint.
+TLS for netd's servers: the C{tls:} server endpoint type, and certificates
+that can be re-read at run time. The clients' verifying endpoint is in
+L{netd.tlsclient}.
 
     tls:PORT:privateKey=KEY[:certKey=CERT][:clientCA=CAFILE][:interface=ADDR][:backlog=N]
 
@@ -21,7 +22,6 @@ from typing import Any
 
 from twisted.internet.interfaces import (
     IOpenSSLContextFactory,
-    IStreamClientEndpoint,
     IStreamServerEndpoint,
     IStreamServerEndpointStringParser,
 )
@@ -362,105 +362,3 @@ def peerSubject(transport: Any) -> str | None:
     if certificate is None:
         return None
     return str(certificate.to_cryptography().subject.rfc4514_string())
-
-
-class TLSError(ConnectionError):
-    """
-    A TLS connection could not be made or verified; one line for the user.
-    """
-
-
-def clientEndpoint(
-    reactor: Any,
-    host: str,
-    port: int,
-    ca: str | None = None,
-    cert: str | None = None,
-    key: str | None = None,
-    timeout: float = 30.0,
-) -> Any:
-    """
-    A client endpoint that connects with TLS 1.2 or later and verifies the
-    server's certificate and host name (with C{service_identity}).
-
-    Its C{connect} fires only once the handshake succeeded, with the
-    protocol connected; a server that cannot be verified makes it fail with
-    a L{TLSError} saying why.
-
-    @param host: the server's host name or IP address, checked against its
-        certificate.
-    @param ca: a PEM file of the CAs to trust; the system's by default.
-    @param cert: a PEM file with the client certificate to present (mutual
-        TLS); it may hold the key too.
-    @param key: the client certificate's key file; C{cert} by default.
-    @param timeout: seconds to wait for the connection and the handshake.
-    @raise CertificateError: when a file cannot be used.
-    """
-    from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-    from twisted.internet.ssl import (
-        Certificate,
-        KeyPair,
-        PrivateCertificate,
-        TLSVersion,
-        optionsForClientTLS,
-        platformTrust,
-        trustRootFromCertificates,
-    )
-
-    trustRoot: Any = platformTrust()
-    if ca is not None:
-        from OpenSSL.crypto import X509
-
-        trustRoot = trustRootFromCertificates(
-            [Certificate(X509.from_cryptography(c)) for c in loadCertificates(ca)]
-        )
-    clientCertificate = None
-    if cert is not None or key is not None:
-        if cert is None:
-            raise CertificateError("a client key needs its certificate (--cert)")
-        from OpenSSL.crypto import X509, PKey
-
-        privateKey, chain = loadKeyAndChain(key or cert, cert)
-        clientCertificate = PrivateCertificate.fromCertificateAndKeyPair(
-            Certificate(X509.from_cryptography(chain[0])),
-            KeyPair(PKey.from_cryptography_key(privateKey)),
-        )
-    options = optionsForClientTLS(
-        host,
-        trustRoot=trustRoot,
-        clientCertificate=clientCertificate,
-        extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
-    )
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return VerifiedTLSEndpoint(
-        wrapClientTLS(options, HostnameEndpoint(reactor, host, port, timeout=timeout)),
-        reactor,
-        where,
-        timeout,
-    )
-
-
-@implementer(IStreamClientEndpoint)
-class VerifiedTLSEndpoint:
-    """
-    Wrap a TLS client endpoint so that C{connect} waits for the handshake.
-    """
-
-    def __init__(
-        self, tlsEndpoint: Any, clock: Any, where: str, timeout: float
-    ) -> None:
-        self.tlsEndpoint = tlsEndpoint
-        self.clock = clock
-        self.where = where
-        self.timeout = timeout
-
-    def connect(self, protocolFactory: Any) -> Any:
-        """
-        Connect; fire with the protocol once the server is verified.
-        """
-        from netd.tlsclient import HandshakeWaitingFactory
-
-        waiting = HandshakeWaitingFactory(protocolFactory, self)
-        connecting = self.tlsEndpoint.connect(waiting)
-        connecting.addCallback(lambda _: waiting.handshake)
-        return connecting

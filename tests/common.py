@@ -346,7 +346,7 @@ def exchange(
     endpoint: Any, send: bytes = b"", until: int | None = None
 ) -> defer.Generator:
     """
-    Connect with C{endpoint} (plain, or L{netd.tls.clientEndpoint} for a
+    Connect with C{endpoint} (plain, or L{netd.tlsclient.clientEndpoint} for a
     verified TLS connection), send C{send}, and return what the server sent
     until it closed, or until C{until} bytes came.
 
@@ -371,7 +371,7 @@ def tlsClientEndpoint(
     A verifying TLS client endpoint trusting the test CA, presenting the
     test client certificate when C{client}.
     """
-    from netd.tls import clientEndpoint
+    from netd.tlsclient import clientEndpoint
 
     return clientEndpoint(
         _reactor,

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from netd.connlog import ConnectionLoggingFactory
-from netd.echo import EchoFactory
+from netd.services.echo.server import EchoFactory
 from tests.common import CollectUntilClosed
 
 

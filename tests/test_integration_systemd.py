@@ -304,7 +304,7 @@ class ReloadTests(TestCase):
         """
         from twisted.internet.error import ConnectError
 
-        from netd.tls import TLSError
+        from netd.tlsclient import TLSError
         from tests.common import Certificates, exchange, tlsClientEndpoint
 
         old = Certificates(self.mktemp())

@@ -19,10 +19,10 @@ from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from netd.echo import EchoFactory
 from netd.lifecycle import DEFAULT_GRACE
 from netd.plugin import ServicePlugin
-from netd.services.echo import EchoService
+from netd.services.echo.plugin import EchoService
+from netd.services.echo.server import EchoFactory
 from netd.systemd import Notifier
 from netd.tap import Options, makeService
 
@@ -72,7 +72,7 @@ def messages(events: list[dict[str, Any]]) -> list[str]:
 
 class EchoGracefulStopTests(SynchronousTestCase):
     """
-    L{netd.echo.EchoProtocol.stopGracefully}.
+    L{netd.services.echo.server.EchoProtocol.stopGracefully}.
     """
 
     def connect(self, delay: float = 0.0) -> tuple[Any, StringTransport, Any]:

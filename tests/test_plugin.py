@@ -108,7 +108,8 @@ class DiscoveryTests(SynchronousTestCase):
         """
         code = (
             "import sys, twisted.plugins.netd_plugin\n"
-            "heavy = ['twisted.internet.reactor', 'netd.tap', 'netd.echo']\n"
+            "heavy = ['twisted.internet.reactor', 'netd.tap',"
+            " 'netd.services.echo.server']\n"
             "print([m for m in heavy if m in sys.modules])\n"
         )
         import subprocess

@@ -20,7 +20,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from netd.connlog import ConnectionLoggingFactory
-from netd.echo import EchoFactory
 from netd.policy import (
     PolicedDatagramProtocol,
     Policy,
@@ -30,6 +29,7 @@ from netd.policy import (
     clientAddress,
     parseNetwork,
 )
+from netd.services.echo.server import EchoFactory
 from tests.common import exchange, refusedExchange
 
 

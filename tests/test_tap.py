@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.listeners import StartupError, parseDatagramEndpoint
 from netd.plugin import ServicePlugin
-from netd.services.echo import echo
+from netd.services.echo.plugin import echo
 from netd.tap import Options, makeService
 from tests.common import MemoryReactorUDP
 

@@ -11,7 +11,7 @@ from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from netd.datagram import PerSourceRateLimiter
-from netd.echo import EchoDatagramProtocol, EchoReplies
+from netd.services.echo.server import EchoDatagramProtocol, EchoReplies
 from netd.throttledlog import ThrottledLog
 
 

@@ -19,14 +19,14 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.connlog import ConnectionLoggingFactory
-from netd.echo import EchoFactory
 from netd.policy import Policy, PolicyFactory
+from netd.services.echo.server import EchoFactory
 from netd.tls import (
     CertificateError,
-    TLSError,
     TLSServerEndpoint,
     parseTLSEndpoint,
 )
+from netd.tlsclient import TLSError
 from tests.common import (
     Certificates,
     CollectUntilClosed,
@@ -300,7 +300,7 @@ class LoopbackTests(TestCase):
         A client certificate that cannot be used is a L{CertificateError}
         before any connection.
         """
-        from netd.tls import clientEndpoint
+        from netd.tlsclient import clientEndpoint
 
         self.assertRaises(
             CertificateError,
@@ -426,7 +426,7 @@ class HandshakeTimeoutTests(TestCase):
         from twisted.internet.ssl import optionsForClientTLS
         from twisted.internet.task import Clock
 
-        from netd.tls import VerifiedTLSEndpoint
+        from netd.tlsclient import VerifiedTLSEndpoint
 
         connected: defer.Deferred[None] = defer.Deferred()
 

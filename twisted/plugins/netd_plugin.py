@@ -7,10 +7,10 @@ when netd runs, and each service imports its protocols only when built.
 
 from twisted.application.service import ServiceMaker
 
-from netd.services.clock import daytime, sntp, time
-from netd.services.echo import echo
-from netd.services.getfile import getfile
-from netd.services.objects import objects
+from netd.services.clock.plugin import daytime, sntp, time
+from netd.services.echo.plugin import echo
+from netd.services.getfile.plugin import getfile
+from netd.services.objects.plugin import objects
 from netd.tls import tlsServerParser
 
 netd = ServiceMaker(

@@ -1,5 +1,5 @@
 """
-Tests for L{netd.getfileclient}: the client protocol, the progress bar, the
+Tests for L{netd.services.getfile.client}: the client protocol, the progress bar, the
 command's options, and whole downloads from a real server on loopback.
 """
 
@@ -18,8 +18,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.cli import Options
-from netd.getfile import GetFileFactory
-from netd.getfileclient import (
+from netd.services.getfile.client import (
     Download,
     GetFileClientProtocol,
     GetFileCommand,
@@ -27,6 +26,7 @@ from netd.getfileclient import (
     ProgressBar,
     remoteName,
 )
+from netd.services.getfile.server import GetFileFactory
 
 
 def connected(

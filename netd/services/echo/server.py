@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_echo -*-
+# -*- test-case-name: tests.services.echo.test_echo -*-
 """
 The echo service: every chunk received comes back behind a prefix.
 

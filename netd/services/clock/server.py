@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_clock -*-
+# -*- test-case-name: tests.services.clock.test_clock -*-
 """
 The clock services: daytime (RFC 867) and time (RFC 868) over streams and
 UDP, and an SNTP server (RFC 4330 server mode) over UDP.

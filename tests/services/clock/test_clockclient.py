@@ -1,5 +1,5 @@
 """
-Tests for L{netd.clockclient}: reading daytime, time and SNTP replies, and
+Tests for L{netd.services.clock.client}: reading daytime, time and SNTP replies, and
 the commands run in this process against netd's protocols on loopback.
 """
 
@@ -17,16 +17,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.cli import Options
-from netd.clock import (
-    NTP_PACKET,
-    AnnouncingDatagramProtocol,
-    AnnouncingFactory,
-    DaytimeAnnouncer,
-    SNTPServerProtocol,
-    TimeAnnouncer,
-    ntpTimestamp,
-)
-from netd.clockclient import (
+from netd.datagram import PerSourceRateLimiter
+from netd.services.clock.client import (
     MAX_REPLY,
     DatagramExchange,
     ReadToClose,
@@ -37,8 +29,22 @@ from netd.clockclient import (
     parseDaytime,
     sntpRequest,
 )
-from netd.datagram import PerSourceRateLimiter
-from tests.test_clock import BOOK_DATE, WRAP_2036, clockAt, started, useTimeZone
+from netd.services.clock.server import (
+    NTP_PACKET,
+    AnnouncingDatagramProtocol,
+    AnnouncingFactory,
+    DaytimeAnnouncer,
+    SNTPServerProtocol,
+    TimeAnnouncer,
+    ntpTimestamp,
+)
+from tests.services.clock.test_clock import (
+    BOOK_DATE,
+    WRAP_2036,
+    clockAt,
+    started,
+    useTimeZone,
+)
 
 
 def offsetIn(output: str) -> float:

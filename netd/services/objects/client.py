@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_objects -*-
+# -*- test-case-name: tests.services.objects.test_objects -*-
 """
 A Twisted client for the objects service (or any
 C{multiprocessing.connection} listener): the same handshake as the standard
@@ -13,27 +13,36 @@ endpoint (C{wrapClientTLS}). Replies are unpickled with the same
 L{RestrictedUnpickler} as requests on the server, plus the builtin
 exceptions the server replies with: a client does not trust its server to
 run code either.
+
+C{netd-client objects [options] LITERAL} (L{ObjectsCommand}) sends one
+Python literal (C{ast.literal_eval}) and prints the reply's C{repr}; its
+authkey comes from C{--authkey-file} or C{$NETD_OBJECTS_AUTHKEY}, as for the
+server, never from the command line.
 """
 
 from __future__ import annotations
 
+import ast
 import builtins
 import pickle
+import sys
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import connectProtocol
+from twisted.python import usage
 
-from netd.objects import (
+from netd.cli import ClientCommand
+from netd.services.objects.unpickling import loadRestricted
+from netd.services.objects.wire import (
     CHALLENGE,
     FAILURE,
     WELCOME,
     AuthenticationError,
     FrameReceiver,
     createResponse,
-    loadRestricted,
     newChallenge,
     verifyResponse,
 )
@@ -183,3 +192,63 @@ def connectObjects(
     """
     client = ObjectsClientProtocol(authkey, **options)
     return defer.Deferred.fromCoroutine(_connected(endpoint, client))
+
+
+class ObjectsCommand(ClientCommand):
+    """
+    C{netd-client objects [options] LITERAL}.
+    """
+
+    synopsis = "[options] LITERAL"
+    defaultPort = 50016
+    optParameters = [
+        ["authkey-file", None, None, "Read the authkey from this file."],
+        [
+            "protocol",
+            None,
+            pickle.DEFAULT_PROTOCOL,
+            "Pickle protocol of the request.",
+            int,
+        ],
+    ]
+
+    def parseArgs(self, literal: str) -> None:
+        try:
+            self["request"] = ast.literal_eval(literal)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise usage.UsageError(f"not a Python literal: {literal!r}") from None
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if not 0 <= self["protocol"] <= pickle.HIGHEST_PROTOCOL:
+            raise usage.UsageError(
+                f"--protocol must be 0-{pickle.HIGHEST_PROTOCOL}, "
+                f"not {self['protocol']!r}"
+            )
+
+    async def _run(self, reactor: Any) -> int:
+        from netd.listeners import StartupError
+        from netd.services.objects.client import connectObjects
+        from netd.services.objects.plugin import readAuthkey
+
+        try:
+            authkey = readAuthkey(self["authkey-file"])
+        except StartupError as error:
+            raise usage.UsageError(str(error)) from None
+        client = await connectObjects(
+            self.endpoint(reactor), authkey, protocol=self["protocol"]
+        )
+        try:
+            reply = await client.call(self["request"])
+        except Exception as error:
+            sys.stdout.write(f"{type(error).__name__}: {error}\n")
+            return 1
+        finally:
+            client.transport.loseConnection()
+        sys.stdout.write(f"{reply!r}\n")
+        return 0
+
+    def run(self, reactor: Any) -> Any:
+        from twisted.internet import defer
+
+        return defer.Deferred.fromCoroutine(self._run(reactor))

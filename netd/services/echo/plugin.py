@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_echo -*-
+# -*- test-case-name: tests.services.echo.test_echo -*-
 """
 The echo service's plugin: C{--echo}, C{--echo-prefix}, C{--echo-stamp},
 C{--echo-delay}, C{--echo-udp-rate}.
@@ -21,6 +21,10 @@ class EchoService(DatagramServicePlugin):
 
     name = "echo"
     description = "echo every chunk back behind a prefix (RFC 862 with '')"
+    clientCommands = [
+        ("echo", "netd.services.echo.client.EchoCommand", "Echo words, lock-step."),
+        ("load", "netd.services.echo.client.LoadCommand", "Drive many clients."),
+    ]
     defaultEndpoints = (
         "tcp:50007:interface=127.0.0.1",
         "udp:50007:interface=127.0.0.1",
@@ -47,7 +51,7 @@ class EchoService(DatagramServicePlugin):
         super().validate(options)
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.echo import EchoFactory
+        from netd.services.echo.server import EchoFactory
 
         return EchoFactory(
             reactor,
@@ -57,7 +61,7 @@ class EchoService(DatagramServicePlugin):
         )
 
     def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.echo import EchoDatagramProtocol, EchoReplies
+        from netd.services.echo.server import EchoDatagramProtocol, EchoReplies
 
         return EchoDatagramProtocol(
             EchoReplies(reactor, options["prefix"].encode("utf-8"), options["stamp"]),

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_objects_service -*-
+# -*- test-case-name: tests.services.objects.test_objects_service -*-
 """
 The objects service's plugin: C{--objects}, C{--objects-authkey-file},
 C{--objects-handler}, C{--objects-allow}, C{--objects-max-bytes},
@@ -93,6 +93,9 @@ class ObjectsService(ServicePlugin):
 
     name = "objects"
     description = "pickled objects, multiprocessing.connection compatible"
+    clientCommands = [
+        ("objects", "netd.services.objects.client.ObjectsCommand", "Send an object.")
+    ]
     defaultEndpoints = ("tcp:50016:interface=127.0.0.1",)
     stream = True
     datagram = False
@@ -152,7 +155,8 @@ class ObjectsService(ServicePlugin):
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         from netd.listeners import StartupError
-        from netd.objects import HANDLERS, ObjectsFactory, resolveName
+        from netd.services.objects.server import HANDLERS, ObjectsFactory
+        from netd.services.objects.unpickling import resolveName
 
         try:
             handler = HANDLERS.get(options["handler"]) or resolveName(

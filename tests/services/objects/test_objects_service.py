@@ -1,5 +1,5 @@
 """
-Tests for the objects service's wiring (L{netd.services.objects}), the
+Tests for the objects service's wiring (L{netd.services.objects.plugin}), the
 repeatable per-service options it brought to L{netd.tap}, and
 C{netd-client objects}'s options.
 """
@@ -14,15 +14,15 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from netd.listeners import StartupError
-from netd.objects import ObjectsFactory
-from netd.objectsclient import ObjectsCommand
-from netd.services.echo import echo
-from netd.services.objects import (
+from netd.services.echo.plugin import echo
+from netd.services.objects.client import ObjectsCommand
+from netd.services.objects.plugin import (
     AUTHKEY_VARIABLE,
     isPrivateEndpoint,
     objects,
     readAuthkey,
 )
+from netd.services.objects.server import ObjectsFactory
 from netd.tap import Options, makeService
 
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_getfile -*-
+# -*- test-case-name: tests.services.getfile.test_getfile -*-
 """
 The getfile service's plugin: C{--getfile}, C{--getfile-root},
 C{--getfile-request-timeout}, C{--getfile-max-transfers},
@@ -26,6 +26,9 @@ class GetFileService(ServicePlugin):
     log = Logger()
     name = "getfile"
     description = "send files under a root directory (the book's getfile, confined)"
+    clientCommands = [
+        ("getfile", "netd.services.getfile.client.GetFileCommand", "Get a file.")
+    ]
     defaultEndpoints = ("tcp:50001:interface=127.0.0.1",)
     stream = True
     datagram = False
@@ -78,7 +81,7 @@ class GetFileService(ServicePlugin):
 
         @raise StartupError: when it is not.
         """
-        from netd.getfile import GetFileFactory
+        from netd.services.getfile.server import GetFileFactory
 
         return GetFileFactory(
             reactor,
@@ -102,8 +105,8 @@ class GetFileService(ServicePlugin):
 
         @return: the names of the options applied.
         """
-        from netd.getfile import ConfinedRoot
         from netd.listeners import StartupError
+        from netd.services.getfile.confinement import ConfinedRoot
 
         if factory is None:
             return ()

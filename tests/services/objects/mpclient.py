@@ -2,7 +2,7 @@
 A client made of the standard library's C{multiprocessing.connection} alone,
 run by pyenv's python3.11, 3.12 and 3.13 in the integration tests.
 
-    python3.X tests/mpclient.py PORT < requests
+    python3.X tests/services/objects/mpclient.py PORT < requests
 
 The authkey comes from C{$MPCLIENT_AUTHKEY} (hex), none when unset. Each
 line of standard input is one request: C{obj EXPRESSION} sends that object

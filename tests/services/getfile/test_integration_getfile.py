@@ -13,7 +13,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
 from tests.common import BIN, TWISTD, runCommand, runNetd
-from tests.test_getfile import Received
+from tests.services.getfile.test_getfile import Received
 
 CLIENT = os.path.join(BIN, "netd-client")
 

@@ -1,5 +1,5 @@
 """
-Tests for L{netd.getfile}: the request parser, the confined root, the
+Tests for L{netd.services.getfile.server}: the request parser, the confined root, the
 protocol over fake transports, and downloads over real loopback sockets.
 """
 
@@ -26,22 +26,24 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.connlog import ConnectionLoggingFactory
-from netd.getfile import (
+from netd.listeners import StartupError
+from netd.services.getfile.confinement import (
     MAX_LINE,
     ConfinedRoot,
+    GetFileRequest,
+    RequestRefused,
+    parseRequestLine,
+    requestComponents,
+)
+from netd.services.getfile.plugin import GetFileService
+from netd.services.getfile.server import (
     FileTransfer,
     GetFileFactory,
     GetFileProtocol,
-    GetFileRequest,
-    RequestRefused,
     SendfileTransfer,
     directSocket,
-    parseRequestLine,
     reportSentDirectly,
-    requestComponents,
 )
-from netd.listeners import StartupError
-from netd.services.getfile import GetFileService
 from netd.wrappers import PassThroughWrapper
 
 BIG = 3 * 2**20 + 17
@@ -745,7 +747,7 @@ class ProtocolTests(SynchronousTestCase):
         [event] = [
             e
             for e in events
-            if e.get("log_namespace") == "netd.getfile.GetFileProtocol"
+            if e.get("log_namespace") == "netd.services.getfile.server.GetFileProtocol"
         ]
         self.assertEqual(event["path"], "../top-secret")
         self.assertIn("403", event["outcome"])

@@ -1,5 +1,5 @@
 """
-Tests for L{netd.echo}: the echo protocol alone, and over real sockets.
+Tests for L{netd.services.echo.server}: the echo protocol alone, and over real sockets.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.datagram import PerSourceRateLimiter
-from netd.echo import EchoDatagramProtocol, EchoFactory, EchoReplies
-from netd.echoclient import LockStepEchoClient
+from netd.services.echo.client import LockStepEchoClient
+from netd.services.echo.server import EchoDatagramProtocol, EchoFactory, EchoReplies
 from tests.common import CollectUntilClosed
 
 
@@ -33,7 +33,7 @@ def connect(factory: EchoFactory) -> tuple[Any, StringTransport]:
 
 class EchoProtocolTests(SynchronousTestCase):
     """
-    L{netd.echo.EchoProtocol} on a L{StringTransport}.
+    L{netd.services.echo.server.EchoProtocol} on a L{StringTransport}.
     """
 
     def setUp(self) -> None:
@@ -199,7 +199,7 @@ class EchoProtocolTests(SynchronousTestCase):
 
 class EchoDatagramTests(SynchronousTestCase):
     """
-    L{netd.echo.EchoDatagramProtocol} with a fake transport.
+    L{netd.services.echo.server.EchoDatagramProtocol} with a fake transport.
     """
 
     def setUp(self) -> None:

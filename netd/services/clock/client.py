@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_clockclient -*-
+# -*- test-case-name: tests.services.clock.test_clockclient -*-
 """
 Clock clients: C{netd-client daytime}, C{netd-client time} (each over TCP,
 or UDP with C{--udp}) and C{netd-client sntp}. Each prints the server's time
@@ -20,7 +20,7 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import DatagramProtocol, Protocol
 
 from netd.cli import ClientCommand
-from netd.clock import (
+from netd.services.clock.server import (
     NTP_MODE_CLIENT,
     NTP_MODE_SERVER,
     NTP_PACKET,

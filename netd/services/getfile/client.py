@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_getfileclient -*-
+# -*- test-case-name: tests.services.getfile.test_getfileclient -*-
 """
 The getfile client: C{netd-client getfile PATH [-o OUT] [--legacy] [--resume]}.
 
@@ -25,7 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from netd.cli import ClientCommand
-from netd.getfile import MAX_LINE
+from netd.services.getfile.confinement import MAX_LINE
 
 
 class GetFileError(Exception):

@@ -1,6 +1,6 @@
 """
-Tests for L{netd.clock} and the clock services' plugins: daytime, time and
-SNTP formats at fixed dates (the injected clock), their protocols over
+Tests for L{netd.services.clock.server} and the clock services' plugins:
+daytime, time and SNTP formats at fixed dates (the injected clock), their protocols over
 L{StringTransport} and real loopback sockets, and their options.
 """
 
@@ -21,7 +21,10 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from netd.clock import (
+from netd.datagram import PerSourceRateLimiter
+from netd.listeners import DatagramListener, StreamListener
+from netd.services.clock import plugin as clockplugins
+from netd.services.clock.server import (
     EPOCH_1900,
     NTP_PACKET,
     AnnouncingDatagramProtocol,
@@ -36,9 +39,6 @@ from netd.clock import (
     unixFromNTPTimestamp,
     unixFromRFC868,
 )
-from netd.datagram import PerSourceRateLimiter
-from netd.listeners import DatagramListener, StreamListener
-from netd.services import clock as clockplugins
 from netd.tap import Options, makeService
 from tests.common import CollectUntilClosed
 

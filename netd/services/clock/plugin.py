@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_clock -*-
+# -*- test-case-name: tests.services.clock.test_clock -*-
 """
 The clock services' plugins: C{daytime} (C{--daytime},
 C{--daytime-format}), C{time} (C{--time}) and C{sntp} (C{--sntp},
@@ -22,17 +22,17 @@ class _AnnouncingService(DatagramServicePlugin):
 
     def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
         """
-        The L{netd.clock.Announcer} that says what to send.
+        The L{netd.services.clock.server.Announcer} that says what to send.
         """
         raise NotImplementedError
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.clock import AnnouncingFactory
+        from netd.services.clock.server import AnnouncingFactory
 
         return AnnouncingFactory(self.announcer(options, reactor))
 
     def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.clock import AnnouncingDatagramProtocol
+        from netd.services.clock.server import AnnouncingDatagramProtocol
 
         return AnnouncingDatagramProtocol(
             self.name,
@@ -48,6 +48,9 @@ class DaytimeService(_AnnouncingService):
 
     name = "daytime"
     description = "the time as a line of text (RFC 867)"
+    clientCommands = [
+        ("daytime", "netd.services.clock.client.DaytimeCommand", "Daytime.")
+    ]
     defaultEndpoints = (
         "tcp:50013:interface=127.0.0.1",
         "udp:50013:interface=127.0.0.1",
@@ -65,7 +68,7 @@ class DaytimeService(_AnnouncingService):
 
     def validate(self, options: Mapping[str, Any]) -> None:
         super().validate(options)
-        from netd.clock import DAYTIME_FORMATS
+        from netd.services.clock.server import DAYTIME_FORMATS
 
         if options["format"] not in DAYTIME_FORMATS:
             raise UsageError(
@@ -74,7 +77,7 @@ class DaytimeService(_AnnouncingService):
             )
 
     def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.clock import DaytimeAnnouncer
+        from netd.services.clock.server import DaytimeAnnouncer
 
         return DaytimeAnnouncer(reactor, options["format"])
 
@@ -86,13 +89,16 @@ class TimeService(_AnnouncingService):
 
     name = "time"
     description = "seconds since 1900 as 4 bytes (RFC 868, rdate's protocol)"
+    clientCommands = [
+        ("time", "netd.services.clock.client.TimeCommand", "RFC 868 time.")
+    ]
     defaultEndpoints = (
         "tcp:50037:interface=127.0.0.1",
         "udp:50037:interface=127.0.0.1",
     )
 
     def announcer(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.clock import TimeAnnouncer
+        from netd.services.clock.server import TimeAnnouncer
 
         return TimeAnnouncer(reactor)
 
@@ -104,6 +110,9 @@ class SNTPService(DatagramServicePlugin):
 
     name = "sntp"
     description = "an SNTPv4 server of the system clock (RFC 4330; rdate -n, ntplib)"
+    clientCommands = [
+        ("sntp", "netd.services.clock.client.SNTPCommand", "An SNTP exchange.")
+    ]
     defaultEndpoints = ("udp:50123:interface=127.0.0.1",)
     stream = False
     optParameters = [
@@ -127,7 +136,7 @@ class SNTPService(DatagramServicePlugin):
 
     def validate(self, options: Mapping[str, Any]) -> None:
         super().validate(options)
-        from netd.clock import parseReferenceId
+        from netd.services.clock.server import parseReferenceId
 
         if not 1 <= options["stratum"] <= 15:
             raise UsageError(f"--sntp-stratum must be 1-15, not {options['stratum']!r}")
@@ -137,7 +146,7 @@ class SNTPService(DatagramServicePlugin):
             raise UsageError(f"--sntp-refid: {error}") from None
 
     def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
-        from netd.clock import SNTPServerProtocol, parseReferenceId
+        from netd.services.clock.server import SNTPServerProtocol, parseReferenceId
 
         return SNTPServerProtocol(
             reactor,

@@ -1,7 +1,8 @@
 """
-Tests for L{netd.objects}: framing, the handshake, the restricted unpickler
-and the server protocol, with L{StringTransport}; and L{netd.client}
-against the server over L{iosim}.
+Tests for L{netd.services.objects}: framing and the handshake (L{wire}),
+the restricted unpickler (L{unpickling}) and the server protocol, with
+L{StringTransport}; and L{netd.services.objects.client} against the server
+over L{iosim}.
 """
 
 from __future__ import annotations
@@ -26,23 +27,24 @@ from twisted.logger import capturedLogs
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from netd.client import ObjectsClientProtocol
-from netd.objects import (
-    CHALLENGE,
-    FAILURE,
+from netd.services.objects.client import ObjectsClientProtocol
+from netd.services.objects.server import ObjectsFactory, addHandler
+from netd.services.objects.unpickling import (
     MAX_ALLOCATIONS,
     MAX_TUPLE_DEPTH,
+    PickleRefusedError,
+    builtinException,
+    loadRestricted,
+    requestProtocol,
+)
+from netd.services.objects.wire import (
+    CHALLENGE,
+    FAILURE,
     WELCOME,
     AuthenticationError,
     FrameReceiver,
-    ObjectsFactory,
-    PickleRefusedError,
-    addHandler,
-    builtinException,
     createResponse,
     encodeFrameHeader,
-    loadRestricted,
-    requestProtocol,
     verifyResponse,
 )
 

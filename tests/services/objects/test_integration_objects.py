@@ -20,12 +20,12 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import SkipTest, TestCase
 
-from netd.client import connectObjects
-from netd.objects import ObjectsFactory, addHandler, echoHandler
+from netd.services.objects.client import connectObjects
+from netd.services.objects.server import ObjectsFactory, addHandler, echoHandler
 from tests.common import BIN, PROJECT, TWISTD, runCommand, runNetd
-from tests.test_objects import hostilePickles
+from tests.services.objects.test_objects import hostilePickles
 
-MPCLIENT = os.path.join(PROJECT, "tests", "mpclient.py")
+MPCLIENT = os.path.join(PROJECT, "tests", "services", "objects", "mpclient.py")
 PYENV_ROOT = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
 
 
@@ -246,7 +246,7 @@ class StdlibClientTests(StdlibClientMixin, TestCase):
 
 class NetdClientTests(TestCase):
     """
-    L{netd.client} against L{ObjectsFactory} over real TCP.
+    L{netd.services.objects.client} against L{ObjectsFactory} over real TCP.
     """
 
     @defer.inlineCallbacks

@@ -27,7 +27,7 @@ from tests.common import (
     runCommand,
     runNetd,
 )
-from tests.test_clockclient import offsetIn
+from tests.services.clock.test_clockclient import offsetIn
 
 #: Seconds a real client's reading may differ from this process's clock.
 TOLERANCE = 10.0
