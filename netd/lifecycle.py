@@ -28,6 +28,7 @@ from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import describeAddress
 from netd.plugin import IGracefulProtocol, INetdService
 from netd.policy import Policy
+from netd.reload import Reload
 from netd.systemd import Notifier
 
 #: Seconds connections in flight get to finish when netd stops.
@@ -251,19 +252,7 @@ class NetdService(MultiService):
             self.log.error("reload failed, nothing changed: {error}", error=str(error))
             self.notifier.ready(f"reload failed: {error}; {self.status}")
             return False
-        needsRestart = self._reloadGlobals(fresh)
-        self._reloadEndpoints(fresh)
-        freshNames = [service.name for service in fresh["services"]]
-        if sorted(freshNames) != sorted(self.served):
-            needsRestart.append("services")
-        for name in freshNames:
-            if name in self.served:
-                needsRestart += self._reloadService(
-                    self.served[name],
-                    fresh["endpoints"][name],
-                    fresh["serviceOptions"][name],
-                )
-                self._reloadPolicy(self.served[name], fresh["policies"][name])
+        needsRestart = Reload(self, self.log).apply(fresh)
         for key in needsRestart:
             self.log.warn("reload: {key} changed; it needs a restart", key=key)
         self.log.info(
@@ -271,104 +260,6 @@ class NetdService(MultiService):
         )
         self.notifier.ready(self.status)
         return True
-
-    def _reloadGlobals(self, fresh: Mapping[str, Any]) -> list[str]:
-        """
-        Apply the global options that can change live (C{grace}); return
-        the others that changed.
-        """
-        needsRestart = []
-        for key, old in self.settings.items():
-            new = fresh[key]
-            if new == old:
-                continue
-            apply = self.liveSettings.get(key)
-            if apply is None:
-                needsRestart.append(key)
-                continue
-            try:
-                apply(new)
-            except Exception:
-                self.log.failure("reload: applying {key} failed", key=key)
-                needsRestart.append(key)
-                continue
-            self.settings[key] = new
-            self._logApplied(key, old, new)
-        return needsRestart
-
-    def _reloadEndpoints(self, fresh: Mapping[str, Any]) -> None:
-        """
-        Let every listening endpoint that offers C{reload()} re-read its
-        own files (a TLS endpoint its key and certificates), when its
-        description did not change.
-        """
-        for listener in self:
-            reload = getattr(getattr(listener, "endpoint", None), "reload", None)
-            endpoints = fresh["endpoints"].get(listener.serviceName, [])
-            if reload is None or listener.description not in endpoints:
-                continue
-            try:
-                reload()
-            except Exception as error:
-                self.log.error(
-                    "reload: {service} endpoint {endpoint} kept its old files: {error}",
-                    service=listener.serviceName,
-                    endpoint=listener.description,
-                    error=str(error),
-                )
-            else:
-                self.log.info(
-                    "reload: {service} endpoint {endpoint} reloaded",
-                    service=listener.serviceName,
-                    endpoint=listener.description,
-                )
-
-    def _reloadService(
-        self, running: RunningService, endpoints: list[str], options: dict[str, Any]
-    ) -> list[str]:
-        name = running.plugin.name
-        needsRestart = []
-        if endpoints != running.endpoints:
-            needsRestart.append(f"{name}.endpoints")
-        changed = [key for key in options if options[key] != running.options.get(key)]
-        if not changed:
-            return needsRestart
-        applied: set[str] = set()
-        reconfigure = getattr(running.plugin, "reconfigure", None)
-        if reconfigure is not None:
-            factory = running.factory.wrappedFactory if running.factory else None
-            try:
-                applied = set(
-                    reconfigure(options, changed, factory, running.datagramProtocols)
-                )
-            except Exception:
-                self.log.failure(
-                    "reload: {service} failed to reconfigure", service=name
-                )
-        for key in changed:
-            if key in applied:
-                self._logApplied(
-                    f"{name}.{key}", running.options.get(key), options[key]
-                )
-                running.options[key] = options[key]
-            else:
-                needsRestart.append(f"{name}.{key}")
-        return needsRestart
-
-    def _reloadPolicy(self, running: RunningService, settings: Any) -> None:
-        """
-        Judge new clients of a service by its new access policy; open
-        connections stay open.
-        """
-        old = running.policy.settings
-        if settings != old:
-            running.policy.update(settings)
-            self._logApplied(f"{running.plugin.name}.policy", old, settings)
-
-    def _logApplied(self, key: str, old: Any, new: Any) -> None:
-        self.log.info(
-            "reload: {key} changed from {old!r} to {new!r}", key=key, old=old, new=new
-        )
 
 
 def _nothing(value: object) -> None:

@@ -16,14 +16,13 @@ from typing import Any
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
-from netd.config import configFlag, configStrings, configValue, loadConfig
+from netd.config import configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
     StartupError,
     StreamListener,
-    checkDatagramEndpoint,
     isDatagramEndpoint,
 )
 from netd.plugin import INetdService, discoverServices
@@ -34,6 +33,13 @@ from netd.policy import (
     PolicySettings,
     parseNetwork,
 )
+from netd.serviceoptions import (
+    chooseServices,
+    declareServiceOptions,
+    repeatableKeys,
+    resolveEndpoints,
+    resolveServiceOptions,
+)
 from netd.systemd import Notifier, familyMismatch, inheritedNames
 
 #: The access policy's keys: global options, and keys of every service's
@@ -41,33 +47,6 @@ from netd.systemd import Notifier, familyMismatch, inheritedNames
 POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
 _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
 _GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
-
-
-def _repeatableOption(key: str, doc: str) -> Any:
-    """
-    Make the C{opt_NAME_OPTION} handler of a service's repeatable option.
-    """
-
-    def opt(self: Options, value: str) -> None:
-        self[key].append(value)
-
-    opt.__doc__ = f"{doc} (repeatable)"
-    return opt
-
-
-def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
-    """
-    Make the C{opt_NAME} handler that collects a service's endpoints.
-    """
-
-    def opt(self: Options, endpoint: str) -> None:
-        self["endpoints"][serviceName].append(endpoint)
-
-    opt.__doc__ = (
-        f"Serve {serviceName} on this endpoint (repeatable; replaces the "
-        f"defaults) [default: {' '.join(defaults)}]"
-    )
-    return opt
 
 
 class Options(usage.Options):
@@ -136,24 +115,7 @@ class Options(usage.Options):
         @param services: the services to offer; by default every installed one.
         """
         found = list(discoverServices() if services is None else services)
-        attributes: dict[str, Any] = {"optParameters": [], "optFlags": []}
-        for service in found:
-            if service.name in _GLOBAL_KEYS | {"config", "endpoints", "help"}:
-                raise ValueError(f"a netd service cannot be named {service.name!r}")
-            attributes["opt_" + service.name.replace("-", "_")] = _endpointOption(
-                service.name, service.defaultEndpoints
-            )
-            for name, _short, default, doc, *_ in _padded(service.optParameters, 5):
-                shown = "" if default is None else f" [default: {default!r}]"
-                attributes["optParameters"].append(
-                    [f"{service.name}-{name}", None, None, f"{doc}{shown}"]
-                    + [_coerceOf(service, name)]
-                )
-            for name, _short, doc in _padded(service.optFlags, 3):
-                attributes["optFlags"].append([f"{service.name}-{name}", None, doc])
-            for name, _short, doc in _repeatables(service):
-                key = f"{service.name}-{name}"
-                attributes["opt_" + key.replace("-", "_")] = _repeatableOption(key, doc)
+        attributes = declareServiceOptions(found, reserved=_GLOBAL_KEYS)
         self: Options = super().__new__(type(cls.__name__, (cls,), attributes))
         self.available = found
         return self
@@ -164,8 +126,8 @@ class Options(usage.Options):
         self["allow"] = []
         self["deny"] = []
         for service in self.available:
-            for name, *_ in _repeatables(service):
-                self[f"{service.name}-{name}"] = []
+            for key in repeatableKeys(service):
+                self[key] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """
@@ -228,14 +190,18 @@ class Options(usage.Options):
                 f"--grace must be a number of seconds, not {self['grace']!r}"
             )
 
-        chosen = self._chosenServices(fileConfig, byName)
+        chosen = chooseServices(self["services"], fileConfig, self.available)
         self["services"] = chosen
         self["serviceOptions"] = {}
         self["policies"] = {}
         for service in chosen:
             table = fileConfig.get(service.name, {})
-            self["endpoints"][service.name] = self._endpoints(service, table)
-            self["serviceOptions"][service.name] = self._serviceOptions(service, table)
+            self["endpoints"][service.name] = resolveEndpoints(
+                service, self["endpoints"][service.name], table
+            )
+            self["serviceOptions"][service.name] = resolveServiceOptions(
+                service, self, table
+            )
             service.validate(self["serviceOptions"][service.name])
             validateEndpoints = getattr(service, "validateEndpoints", None)
             if validateEndpoints is not None:
@@ -293,92 +259,12 @@ class Options(usage.Options):
             idleTimeout=values["idle-timeout"],
         )
 
-    def _chosenServices(
-        self, fileConfig: dict[str, Any], byName: dict[str, INetdService]
-    ) -> list[INetdService]:
-        if self["services"] is not None:
-            names = [name.strip() for name in self["services"].split(",")]
-        elif "services" in fileConfig:
-            names = configStrings("services", fileConfig["services"])
-        else:
-            return list(self.available)
-        for name in names:
-            if name not in byName:
-                raise usage.UsageError(
-                    f"unknown service {name!r} (known: {', '.join(byName)})"
-                )
-        return [service for service in self.available if service.name in names]
-
-    def _endpoints(self, service: INetdService, table: dict[str, Any]) -> list[str]:
-        endpoints = self["endpoints"][service.name]
-        if not endpoints and "endpoints" in table:
-            endpoints = configStrings(f"{service.name}.endpoints", table["endpoints"])
-        if not endpoints:
-            endpoints = list(service.defaultEndpoints)
-        for description in endpoints:
-            if isDatagramEndpoint(description):
-                if not service.datagram:
-                    raise usage.UsageError(
-                        f"{service.name} does not speak UDP, not {description!r}"
-                    )
-                checkDatagramEndpoint(description)
-            elif not service.stream:
-                raise usage.UsageError(
-                    f"{service.name} speaks only UDP (udp:PORT), not {description!r}"
-                )
-        return endpoints
-
-    def _serviceOptions(
-        self, service: INetdService, table: dict[str, Any]
-    ) -> dict[str, Any]:
-        known = {"endpoints", "policy"}
-        options: dict[str, Any] = {}
-        for name, _short, default, _doc, coerce in _padded(service.optParameters, 5):
-            known.add(name)
-            value = self[f"{service.name}-{name}"]
-            if value is None and name in table:
-                value = configValue(f"{service.name}.{name}", table[name], coerce)
-            options[name] = default if value is None else value
-        for name, _short, _doc in _padded(service.optFlags, 3):
-            known.add(name)
-            value = bool(self[f"{service.name}-{name}"])
-            if not value and name in table:
-                value = configFlag(f"{service.name}.{name}", table[name])
-            options[name] = value
-        for name, *_ in _repeatables(service):
-            known.add(name)
-            values = list(self[f"{service.name}-{name}"])
-            if not values and name in table:
-                values = configStrings(f"{service.name}.{name}", table[name])
-            options[name] = values
-        for key in table:
-            if key not in known:
-                raise usage.UsageError(
-                    f"unknown key {service.name}.{key!r} in the config file"
-                )
-        return options
-
 
 def _networks(option: str, ranges: list[str]) -> list[Any]:
     try:
         return [parseNetwork(text) for text in ranges]
     except ValueError as error:
         raise usage.UsageError(f"--{option}: {error}") from None
-
-
-def _padded(rows: Iterable[Iterable[Any]], width: int) -> list[list[Any]]:
-    return [(list(row) + [None] * width)[:width] for row in rows]
-
-
-def _repeatables(service: INetdService) -> list[list[Any]]:
-    return _padded(getattr(service, "optRepeatable", ()), 3)
-
-
-def _coerceOf(service: INetdService, name: str) -> Any:
-    for row in _padded(service.optParameters, 5):
-        if row[0] == name:
-            return row[4]
-    return None
 
 
 def _reportStartupErrors(previous: Any) -> Any:
