@@ -19,19 +19,26 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lint,bench]' --config-settings editable_mode=compat
 	touch $@
 
+# The third-party service example, installed as a package of its own (not
+# editable): the tests prove that netd serves it with no change to netd.
+EXAMPLES := $(wildcard examples/qotd/pyproject.toml examples/qotd/netd_qotd/*.py examples/qotd/twisted/plugins/*.py)
+$(VENV)/.examples: $(VENV)/.installed $(EXAMPLES)
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps ./examples/qotd
+	touch $@
+
 ## run: netd in the foreground with its defaults (extra options in ARGS=...)
 run: $(VENV)/.installed
 	$(BIN)/twistd --nodaemon --pidfile= netd $(ARGS)
 
 ## test: lint, then the whole trial suite
-test: $(VENV)/.installed sysdeps lint trial
+test: $(VENV)/.installed $(VENV)/.examples sysdeps lint trial
 
-trial: $(VENV)/.installed
+trial: $(VENV)/.installed $(VENV)/.examples
 	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check netd tests bench twisted
-	$(BIN)/ruff format --check netd tests bench twisted
+	$(BIN)/ruff check netd tests bench twisted examples
+	$(BIN)/ruff format --check netd tests bench twisted examples
 	$(BIN)/mypy
 
 sysdeps:

@@ -54,6 +54,11 @@ class INetdService(Interface):
         "the service prefix; each gives a C{list[str]} (a list of strings in "
         "the config file). Optional: netd treats a missing one as empty."
     )
+    enabledByDefault = Attribute(
+        "C{bool}: whether the service runs when C{--services} names none "
+        "(optional, true when missing): a service that only some operators "
+        "want, such as chargen, sets it false and runs only when named."
+    )
     clientCommands = Attribute(
         "C{Sequence}: the service's C{netd-client} commands, each "
         "C{(name, 'module.OptionsClass', description)}, the class a "
@@ -159,6 +164,7 @@ class ServicePlugin:
     optFlags: Sequence[Sequence[Any]] = ()
     optRepeatable: Sequence[Sequence[Any]] = ()
     clientCommands: Sequence[tuple[str, str, str]] = ()
+    enabledByDefault: bool = True
 
     def validate(self, options: Mapping[str, Any]) -> None:
         """

@@ -99,7 +99,8 @@ def chooseServices(
 ) -> list[INetdService]:
     """
     The services to run: C{--services} (comma-separated), else the config
-    file's C{services}, else every available one.
+    file's C{services}, else every available one that is enabled by default
+    (L{netd.plugin.INetdService.enabledByDefault}).
 
     @raise usage.UsageError: naming an unknown service.
     """
@@ -109,7 +110,7 @@ def chooseServices(
     elif "services" in fileConfig:
         names = configStrings("services", fileConfig["services"])
     else:
-        return list(available)
+        return [s for s in available if getattr(s, "enabledByDefault", True)]
     for name in names:
         if name not in byName:
             raise usage.UsageError(

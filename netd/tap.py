@@ -70,7 +70,13 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "Read options from this TOML file."],
-        ["services", None, None, "Comma-separated services to run [default: all]."],
+        [
+            "services",
+            None,
+            None,
+            "Comma-separated services to run [default: every installed "
+            "service but those off by default].",
+        ],
         [
             "max-connections",
             None,
