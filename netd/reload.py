@@ -7,12 +7,9 @@ restart, from freshly parsed options, and name what cannot.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.logger import Logger
-
-if TYPE_CHECKING:
-    from netd.lifecycle import NetdService, RunningService
 
 
 class Reload:
@@ -21,7 +18,12 @@ class Reload:
     each service's options and its access policy.
     """
 
-    def __init__(self, netd: NetdService, log: Logger) -> None:
+    def __init__(self, netd: Any, log: Logger) -> None:
+        """
+        @param netd: the running L{netd.lifecycle.NetdService}: its
+            listeners, C{served} services, C{settings} and C{liveSettings}.
+        @param log: where changes are logged.
+        """
         self.netd = netd
         self.log = log
 
@@ -100,7 +102,7 @@ class Reload:
                 )
 
     def _service(
-        self, running: RunningService, endpoints: list[str], options: dict[str, Any]
+        self, running: Any, endpoints: list[str], options: dict[str, Any]
     ) -> list[str]:
         name = running.plugin.name
         needsRestart = []
@@ -129,7 +131,7 @@ class Reload:
                 needsRestart.append(f"{name}.{key}")
         return needsRestart
 
-    def _policy(self, running: RunningService, settings: Any) -> None:
+    def _policy(self, running: Any, settings: Any) -> None:
         """
         Judge new clients of a service by its new access policy; open
         connections stay open.
