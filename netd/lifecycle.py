@@ -13,6 +13,7 @@ running services behind them, and handles netd's life as a daemon:
 
 from __future__ import annotations
 
+import platform
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+import twisted
+from netd import __version__
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import describeAddress
 from netd.plugin import IGracefulProtocol, INetdService
@@ -104,6 +107,19 @@ class NetdService(MultiService):
         self._previousHangUp: Any = None
 
     # Readiness
+
+    def privilegedStartService(self) -> None:
+        """
+        Say which netd this is, then open every listener.
+        """
+        self.log.info(
+            "netd {version} starting (Python {python}, Twisted {twisted}, {reactor})",
+            version=__version__,
+            python=platform.python_version(),
+            twisted=twisted.__version__,
+            reactor=type(self.reactor).__name__,
+        )
+        super().privilegedStartService()
 
     def startService(self) -> None:
         """

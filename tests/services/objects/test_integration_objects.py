@@ -343,3 +343,90 @@ class TwistdObjectsTests(StdlibClientMixin, TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(b"netd: objects: cannot read authkey file", out + err)
         self.assertNotIn(b"Traceback", out + err)
+
+
+class KeyMistakeTests(TestCase):
+    """
+    C{netd-client objects} with the wrong key, or a key where the server has
+    none (and the reverse), says so in one line and exits non-zero well
+    within its C{--timeout}: no traceback, no hang.
+    """
+
+    def listen(self, authkey: bytes | None) -> int:
+        factory = ObjectsFactory(_reactor, echoHandler, authkey=authkey)
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    @defer.inlineCallbacks
+    def client(self, port: int, key: str | None) -> defer.Generator:
+        env = {k: v for k, v in os.environ.items() if k != "NETD_OBJECTS_AUTHKEY"}
+        if key is not None:
+            env["NETD_OBJECTS_AUTHKEY"] = key
+        out, err, code = yield runCommand(
+            os.path.join(BIN, "netd-client"),
+            "objects",
+            "--port",
+            str(port),
+            "--timeout",
+            "2",
+            "[1, 2]",
+            env=env,
+        )
+        self.assertNotIn(b"Traceback", out + err)
+        return out.decode(), err.decode(), code
+
+    @defer.inlineCallbacks
+    def test_wrongKey(self) -> defer.Generator:
+        """
+        The server refuses a digest made with another key: the client says
+        that the server rejected its key.
+        """
+        port = self.listen(b"server key")
+        out, err, code = yield self.client(port, "client key")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            "netd-client: authentication failed: the server rejected our key: "
+            "the keys differ\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_keyForKeylessServer(self) -> defer.Generator:
+        """
+        A server without a key sends no challenge: the client gives up after
+        its handshake wait (here its 2-second C{--timeout}) and says why.
+        """
+        port = self.listen(None)
+        out, err, code = yield self.client(port, "client key")
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            "netd-client: authentication failed: the server sent no challenge "
+            "in 2 s: it has no authkey (connect without one) or is not an "
+            "objects server\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_noKeyForKeyedServer(self) -> defer.Generator:
+        """
+        A client without a key meeting a server's challenge says that the
+        server asks for one, instead of taking the challenge for a reply.
+        """
+        port = self.listen(b"server key")
+        out, err, code = yield self.client(port, None)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            err,
+            "netd-client: authentication failed: the server asks for an authkey "
+            "(give --authkey-file or set $NETD_OBJECTS_AUTHKEY)\n",
+        )
+
+    @defer.inlineCallbacks
+    def test_rightKey(self) -> defer.Generator:
+        """
+        The same key on both sides works, and prints the reply.
+        """
+        port = self.listen(b"same key")
+        out, err, code = yield self.client(port, "same key")
+        self.assertEqual((out, err, code), ("[1, 2]\n", "", 0))
