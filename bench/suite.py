@@ -14,7 +14,9 @@ Servers (rows), each started here as its own process(es) on ports of
 - xinetd: xinetd's internal echo, daytime and time services, run in the
   foreground (C{xinetd -dontfork -f CONF}) with a generated config that
   logs every connection to a file, as netd does (C{make bench-deps}
-  installs it);
+  installs it). Its UDP echo discards every datagram queued behind the one
+  it answers (it drains the socket after each reply), so its UDP cells
+  count mostly losses;
 - stdlib: a thread-per-connection C{os.sendfile} getfile server and the
   stdlib C{multiprocessing.connection.Listener} (objects);
 - netd variants: C{twistd -n netd} with extra arguments (C{--workers 1},
@@ -677,7 +679,7 @@ def measureAll(
             for row, process in targets[shift:] + targets[:shift]:
                 try:
                     result: Sample | str = load.run(process, settings)
-                except (RuntimeError, subprocess.TimeoutExpired, OSError) as error:
+                except Exception as error:  # a server that died, a client that failed
                     result = str(error).splitlines()[0] if str(error) else repr(error)
                 samples.setdefault((row.name, load.name), []).append(result)
     return samples
@@ -808,7 +810,9 @@ def main() -> None:
     logs = os.path.join(base, "logs")
     os.mkdir(root)
     os.mkdir(logs)
-    settings = Settings(seconds, 32 if args.quick else 128, 2, root, args.pin)
+    settings = Settings(
+        seconds, 32 if args.quick else 128, 2 if args.quick else 4, root, args.pin
+    )
     rows = [
         peerRow("twisted", "twisted", root),
         peerRow("asyncio", "asyncio", root),
@@ -854,7 +858,9 @@ def main() -> None:
     legend = (
         "Each cell: the median rate, (its ratio to bare Twisted; objects: to the "
         "stdlib Listener), and the server's CPU time (user + system, children "
-        "included) per connection, message, MB or round trip. "
+        "included; counted in clock ticks of "
+        f"{1000 / TICKS:g} ms, so short runs are coarse) per connection, message, "
+        "MB or round trip. "
         + ("Servers on core 0, echoload on core 1." if args.pin else "Nothing pinned.")
     )
     text = f"{title}\n\n{legend}\n\n{markdown}\n"
