@@ -1,9 +1,11 @@
 """
 The benchmark suite: netd beside its peers on the same loads, in one run.
 
-    python bench/suite.py [--quick] [--reps N] [--seconds S]
+    python bench/suite.py [--quick] [--reps N] [--seconds S] [--pin]
                           [--servers twisted,netd,...] [--loads echo-c64,...]
                           [--netd NAME=ARGS ...] [--output FILE]
+
+(C{make bench}, C{make bench-quick}; C{--help} lists the load names.)
 
 Servers (rows), each started here as its own process(es) on ports of
 127.0.0.1 picked free just before, and stopped by PID at the end:
@@ -696,6 +698,9 @@ def median(runs: list[Sample | str]) -> Sample | str | None:
 
 
 def formatRate(rate: float) -> str:
+    """
+    A rate for the table: thousands separated, a decimal below 100.
+    """
     return f"{rate:,.0f}" if rate >= 100 else f"{rate:,.1f}"
 
 
