@@ -11,7 +11,7 @@ TRIAL_ARGS ?= -j2
 SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
 
-.PHONY: run test trial lint sysdeps bench bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint sysdeps bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,18 +48,32 @@ sysdeps:
 	    echo "installing system packages for:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "missing commands the tests need:$$missing (install: $(SYSTEM_PACKAGES))" >&2; exit 1; \
+	    echo "missing commands:$$missing (install: $(SYSTEM_PACKAGES))" >&2; exit 1; \
 	  fi; \
 	fi
+
+# The benchmark's peers from the system (xinetd's internal services), and the
+# C compiler for bench/echoload.
+BENCH_COMMANDS := xinetd cc taskset
+BENCH_PACKAGES := xinetd gcc libc6-dev util-linux
+
+# Without root (or apt-get) it names what is missing, and the suite skips
+# xinetd's row.
+bench-deps:
+	-@$(MAKE) --no-print-directory sysdeps SYSTEM_COMMANDS="$(BENCH_COMMANDS)" \
+	  SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
 
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<
 
-## bench: netd against its peers, side by side
-bench: $(VENV)/.installed bench/echoload
-	$(BIN)/python bench/echo_bench.py
-	$(BIN)/python bench/getfile_bench.py
-	$(BIN)/python bench/objects_bench.py
+## bench: netd beside bare Twisted, asyncio, uvloop, xinetd and the stdlib on
+## every load, one markdown table (~8 min; ARGS=... e.g. --netd 'w2=--workers 2')
+bench: $(VENV)/.installed bench-deps bench/echoload
+	$(BIN)/python bench/suite.py $(ARGS)
+
+## bench-quick: the same, shorter runs (~3 min)
+bench-quick: $(VENV)/.installed bench-deps bench/echoload
+	$(BIN)/python bench/suite.py --quick $(ARGS)
 
 ## bench-echo: echo only (C=1, C=64, bulk) against Twisted and asyncio peers
 bench-echo: $(VENV)/.installed bench/echoload
@@ -74,5 +88,5 @@ bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
 	find . -name dropin.cache -delete
