@@ -139,9 +139,36 @@ class Reload:
         old = running.policy.settings
         if settings != old:
             running.policy.update(settings)
-            self._applied(f"{running.plugin.name}.policy", old, settings)
+            self.log.info(
+                "reload: {key} changed: {changes}",
+                key=f"{running.plugin.name}.policy",
+                changes=describePolicyChange(old, settings),
+            )
 
     def _applied(self, key: str, old: Any, new: Any) -> None:
         self.log.info(
             "reload: {key} changed from {old!r} to {new!r}", key=key, old=old, new=new
         )
+
+
+#: A policy's settings as the operator names them, and how each is shown.
+_POLICY_FIELDS = (
+    ("allow", "allow", lambda ranges: ", ".join(map(str, ranges)) or "any"),
+    ("deny", "deny", lambda ranges: ", ".join(map(str, ranges)) or "none"),
+    ("max-connections", "maxConnections", lambda n: str(n) if n else "no limit"),
+    ("max-per-source", "maxPerSource", lambda n: str(n) if n else "no limit"),
+    ("idle-timeout", "idleTimeout", lambda s: f"{s:g} s" if s else "never"),
+)
+
+
+def describePolicyChange(old: Any, new: Any) -> str:
+    """
+    What changed between two access policies, in the options' own words:
+    C{max-per-source no limit -> 4; allow any -> 127.0.0.0/8, ::1}.
+    """
+    changes = []
+    for option, attribute, show in _POLICY_FIELDS:
+        before, after = getattr(old, attribute, None), getattr(new, attribute, None)
+        if before != after:
+            changes.append(f"{option} {show(before)} -> {show(after)}")
+    return "; ".join(changes) or "nothing an operator sets"

@@ -52,6 +52,31 @@ def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     return opt
 
 
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def namedCoerce(option: str, coerce: Any) -> Any:
+    """
+    Wrap an option's coerce function so that a bad value's error names the
+    option and quotes the value (C{--echo-udp-rate must be a number, not
+    'abc'}), where Twisted would only say that a conversion failed.
+    """
+    if coerce is None:
+        return None
+
+    def coerceNamed(value: str) -> Any:
+        try:
+            return coerce(value)
+        except (TypeError, ValueError) as error:
+            kind = _KINDS.get(coerce)
+            if kind is not None:
+                raise ValueError(f"--{option} must be {kind}, not {value!r}") from None
+            raise ValueError(f"--{option}: {error}") from None
+
+    coerceNamed.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+    return coerceNamed
+
+
 def declareServiceOptions(
     services: Iterable[INetdService], reserved: Collection[str] = ()
 ) -> dict[str, Any]:
@@ -75,8 +100,9 @@ def declareServiceOptions(
         )
         for name, _short, default, doc, coerce in _padded(service.optParameters, 5):
             shown = "" if default is None else f" [default: {default!r}]"
+            key = f"{service.name}-{name}"
             attributes["optParameters"].append(
-                [f"{service.name}-{name}", None, None, f"{doc}{shown}", coerce]
+                [key, None, None, f"{doc}{shown}", namedCoerce(key, coerce)]
             )
         for name, _short, doc in _padded(service.optFlags, 3):
             attributes["optFlags"].append([f"{service.name}-{name}", None, doc])

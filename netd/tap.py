@@ -36,6 +36,7 @@ from netd.policy import (
 from netd.serviceoptions import (
     chooseServices,
     declareServiceOptions,
+    namedCoerce,
     repeatableKeys,
     resolveEndpoints,
     resolveServiceOptions,
@@ -83,7 +84,7 @@ class Options(usage.Options):
             None,
             "Most connections open at once to each service, 0 for no limit "
             f"[default: {_POLICY_DEFAULTS['max-connections']}].",
-            int,
+            namedCoerce("max-connections", int),
         ],
         [
             "max-per-source",
@@ -91,7 +92,7 @@ class Options(usage.Options):
             None,
             "Most connections open at once to each service from one client "
             "address, 0 for no limit [default: 0].",
-            int,
+            namedCoerce("max-per-source", int),
         ],
         [
             "idle-timeout",
@@ -99,7 +100,7 @@ class Options(usage.Options):
             None,
             "Close a connection after this many seconds without a byte either "
             f"way, 0 for never [default: {_POLICY_DEFAULTS['idle-timeout']}].",
-            float,
+            namedCoerce("idle-timeout", float),
         ],
         [
             "grace",
@@ -107,7 +108,7 @@ class Options(usage.Options):
             None,
             "Seconds connections in flight get to finish when netd stops "
             f"[default: {DEFAULT_GRACE:g}].",
-            float,
+            namedCoerce("grace", float),
         ],
     ]
 
@@ -146,9 +147,10 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as error:
             if self.parent is None:
-                raise
+                raise usage.UsageError(describeUsageError(error)) from None
             raise SystemExit(
-                f"twistd netd: {error} (twistd netd --help lists the options)"
+                f"netd: {describeUsageError(error)} "
+                "(twistd netd --help lists the options)"
             ) from None
 
     def opt_allow(self, cidr: str) -> None:
@@ -271,6 +273,17 @@ def _networks(option: str, ranges: list[str]) -> list[Any]:
         return [parseNetwork(text) for text in ranges]
     except ValueError as error:
         raise usage.UsageError(f"--{option}: {error}") from None
+
+
+def describeUsageError(error: usage.UsageError) -> str:
+    """
+    A usage error as one line for the operator: Twisted's own words for a
+    value its coerce function refused are dropped, since netd's coerce
+    functions name the option and the value themselves.
+    """
+    text = str(error)
+    prefix = "Parameter type enforcement failed: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _reportStartupErrors(previous: Any) -> Any:

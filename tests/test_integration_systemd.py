@@ -337,7 +337,7 @@ class ReloadTests(TestCase):
         # The log comes through another pipe than the notification.
         yield waitUntil(lambda: b"reload done" in netd.output)
         output = netd.output.decode()
-        self.assertIn("reload: echo.policy changed", output)
+        self.assertIn("reload: echo.policy changed: max-connections 1 -> 2", output)
         self.assertIn("reloaded", output)
 
         second = yield connectProtocol(tlsClientEndpoint(new, port), EchoClient())

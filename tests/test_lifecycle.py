@@ -216,6 +216,22 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("reload done: 0 changes need a restart", logged)
         self.assertEqual(running.options["delay"], 2.5)
 
+    def test_policyChangeInWords(self) -> None:
+        """
+        A changed access policy is applied to the running service and
+        logged in the options' own words, not as a Python repr.
+        """
+        built = Built(self, ECHO)
+        _ok, logged = built.reload(
+            ECHO + '[echo.policy]\nmax-per-source = 4\nallow = ["127.0.0.0/8"]\n'
+        )
+        self.assertEqual(built.netd.served["echo"].policy.settings.maxPerSource, 4)
+        self.assertIn(
+            "reload: echo.policy changed: allow any -> 127.0.0.0/8; "
+            "max-per-source no limit -> 4",
+            logged,
+        )
+
     def test_commandLineStillWins(self) -> None:
         """
         An option given on the command line keeps its value whatever the

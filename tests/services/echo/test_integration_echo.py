@@ -250,7 +250,7 @@ class StartupErrorTests(TestCase):
             "-n",
             "netd",
             "--services",
-            "chargen",
+            "nosuch",
             "--echo-delay",
             "1",
             path=path,
@@ -259,7 +259,7 @@ class StartupErrorTests(TestCase):
         self.assertEqual(out, b"")
         self.assertRegex(
             err.decode(),
-            r"\Atwistd netd: unknown service 'chargen' \(known: [a-z, ]*echo[a-z, ]*\) "
+            r"\Anetd: unknown service 'nosuch' \(known: [a-z, ]*echo[a-z, ]*\) "
             r"\(twistd netd --help lists the options\)\n\Z",
         )
 
@@ -271,7 +271,7 @@ class StartupErrorTests(TestCase):
         line = yield self.startWrongly("--echo-delay", "-1")
         self.assertEqual(
             line,
-            "twistd netd: --echo-delay must not be negative, not -1.0 "
+            "netd: --echo-delay must not be negative, not -1.0 "
             "(twistd netd --help lists the options)",
         )
 
