@@ -28,7 +28,7 @@ $(VENV)/.examples: $(VENV)/.installed $(EXAMPLES)
 
 ## run: netd in the foreground with its defaults (extra options in ARGS=...)
 run: $(VENV)/.installed
-	$(BIN)/twistd --nodaemon --pidfile= netd $(ARGS)
+	$(BIN)/python -m netd.devrun --getfile-root examples/files $(ARGS)
 
 ## test: lint, then the whole trial suite
 test: $(VENV)/.installed $(VENV)/.examples sysdeps lint trial

@@ -99,6 +99,12 @@ class INetdService(Interface):
         one port).
         """
 
+    def listeningNote(options: Mapping[str, Any]) -> str | None:
+        """
+        Optional: what the operator should read beside each of the service's
+        stream listening lines (getfile: C{serving /srv/files}), or L{None}.
+        """
+
     def reconfigure(
         options: Mapping[str, Any],
         changed: Collection[str],
@@ -177,6 +183,12 @@ class ServicePlugin:
         """
         Accept any endpoints; override to check options against them.
         """
+
+    def listeningNote(self, options: Mapping[str, Any]) -> str | None:
+        """
+        Nothing to add to the listening lines; override to say more.
+        """
+        return None
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         """

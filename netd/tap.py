@@ -365,6 +365,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                     _streamEndpoint(service.name, description, reactor),
                     policed,
                 )
+                listeningNote = getattr(service, "listeningNote", None)
+                if listeningNote is not None:
+                    listener.note = listeningNote(options) or ""
             listener.setServiceParent(netd)
     return netd
 
