@@ -54,6 +54,11 @@ class INetdService(Interface):
         "the service prefix; each gives a C{list[str]} (a list of strings in "
         "the config file). Optional: netd treats a missing one as empty."
     )
+    enabledByDefault = Attribute(
+        "C{bool}: whether the service runs when C{--services} is not given "
+        "(discard and chargen do not). Optional: netd treats a missing one "
+        "as C{True}."
+    )
     clientCommands = Attribute(
         "C{Sequence}: the service's C{netd-client} commands, each "
         "C{(name, 'module.OptionsClass', description)}, the class a "
@@ -158,6 +163,7 @@ class ServicePlugin:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     optRepeatable: Sequence[Sequence[Any]] = ()
+    enabledByDefault: bool = True
     clientCommands: Sequence[tuple[str, str, str]] = ()
 
     def validate(self, options: Mapping[str, Any]) -> None:

@@ -55,7 +55,9 @@ def _repeatableOption(key: str, doc: str) -> Any:
     return opt
 
 
-def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
+def _endpointOption(
+    serviceName: str, defaults: Iterable[str], enabledByDefault: bool = True
+) -> Any:
     """
     Make the C{opt_NAME} handler that collects a service's endpoints.
     """
@@ -63,11 +65,16 @@ def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     def opt(self: Options, endpoint: str) -> None:
         self["endpoints"][serviceName].append(endpoint)
 
+    off = "" if enabledByDefault else f"; off unless --services names {serviceName}"
     opt.__doc__ = (
         f"Serve {serviceName} on this endpoint (repeatable; replaces the "
-        f"defaults) [default: {' '.join(defaults)}]"
+        f"defaults{off}) [default: {' '.join(defaults)}]"
     )
     return opt
+
+
+def _enabledByDefault(service: INetdService) -> bool:
+    return bool(getattr(service, "enabledByDefault", True))
 
 
 class Options(usage.Options):
@@ -91,7 +98,13 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "Read options from this TOML file."],
-        ["services", None, None, "Comma-separated services to run [default: all]."],
+        [
+            "services",
+            None,
+            None,
+            "Comma-separated services to run [default: all but those off by "
+            "default, which say so].",
+        ],
         [
             "max-connections",
             None,
@@ -141,7 +154,7 @@ class Options(usage.Options):
             if service.name in _GLOBAL_KEYS | {"config", "endpoints", "help"}:
                 raise ValueError(f"a netd service cannot be named {service.name!r}")
             attributes["opt_" + service.name.replace("-", "_")] = _endpointOption(
-                service.name, service.defaultEndpoints
+                service.name, service.defaultEndpoints, _enabledByDefault(service)
             )
             for name, _short, default, doc, *_ in _padded(service.optParameters, 5):
                 shown = "" if default is None else f" [default: {default!r}]"
@@ -301,7 +314,7 @@ class Options(usage.Options):
         elif "services" in fileConfig:
             names = configStrings("services", fileConfig["services"])
         else:
-            return list(self.available)
+            return [s for s in self.available if _enabledByDefault(s)]
         for name in names:
             if name not in byName:
                 raise usage.UsageError(

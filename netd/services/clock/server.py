@@ -58,7 +58,8 @@ NTP_LEAP_UNSYNCHRONISED = 3
 KOD_RATE = 0.5
 
 #: Stratum and reference id of an undisciplined local clock: what ntpd's
-#: local clock driver and chrony's C{local stratum 10} announce.
+#: local clock driver announces (chronyd's C{local stratum 10} announces
+#: 127.127.1.1 as its reference id instead).
 DEFAULT_STRATUM = 10
 DEFAULT_REFID = "LOCL"
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import calendar
 import os
 import re
-import shutil
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from tests.common import (
     projectEnvironment,
     runCommand,
     runNetd,
+    systemCommand,
 )
 from tests.services.clock.test_clockclient import offsetIn
 
@@ -49,11 +49,7 @@ def rdate() -> str:
     """
     The C{rdate} command (C{make sysdeps} installs it); it lives in sbin.
     """
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which("rdate", path=path)
-    if found is None:
-        raise AssertionError("rdate is not installed: run `make sysdeps` as root")
-    return found
+    return systemCommand("rdate")
 
 
 def parseRdate(output: bytes) -> float:
@@ -277,17 +273,6 @@ class ClientCommandTests(ClockTestCase):
         )
 
 
-def command(name: str) -> str:
-    """
-    A system command the tests drive (C{make sysdeps} installs it).
-    """
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which(name, path=path)
-    if found is None:
-        raise AssertionError(f"{name} is not installed: run `make sysdeps` as root")
-    return found
-
-
 class NTPsecClientTests(ClockTestCase):
     """
     NTPsec's C{ntpdig} and its C{ntpdate} (which always ask port 123) read
@@ -309,11 +294,11 @@ class NTPsecClientTests(ClockTestCase):
             "--sntp=udp:123:interface=127.0.0.1",
             *extra,
             launcher=(
-                command("unshare"),
+                systemCommand("unshare"),
                 "--net",
                 "/bin/sh",
                 "-c",
-                f'{command("ip")} link set lo up && exec "$@"',
+                f'{systemCommand("ip")} link set lo up && exec "$@"',
                 "netns",
             ),
         )
@@ -324,7 +309,7 @@ class NTPsecClientTests(ClockTestCase):
         Run a command in netd's network namespace.
         """
         return runCommand(
-            command("nsenter"),
+            systemCommand("nsenter"),
             f"--net=/proc/{netd.transport.pid}/ns/net",
             *argv,
             env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
@@ -337,7 +322,10 @@ class NTPsecClientTests(ClockTestCase):
         near zero.
         """
         netd = yield self.startNetd()
-        for argv in [(command("ntpdig"), "-t", "5"), (command("ntpdate"), "-q")]:
+        for argv in [
+            (systemCommand("ntpdig"), "-t", "5"),
+            (systemCommand("ntpdate"), "-q"),
+        ]:
             out, err, status = yield self.inNamespace(netd, *argv, "127.0.0.1")
             self.assertEqual(status, 0, (argv, out, err))
             match = re.search(rb" ([-+]\d+\.\d+) \+/- \S+ 127\.0\.0\.1 s10 ", out)
@@ -352,11 +340,11 @@ class NTPsecClientTests(ClockTestCase):
         """
         netd = yield self.startNetd("--sntp-udp-rate=0.01")
         out, err, status = yield self.inNamespace(
-            netd, command("ntpdig"), "-t", "5", "127.0.0.1"
+            netd, systemCommand("ntpdig"), "-t", "5", "127.0.0.1"
         )
         self.assertEqual(status, 0, (out, err))
         out, err, status = yield self.inNamespace(
-            netd, command("ntpdig"), "-t", "5", "127.0.0.1"
+            netd, systemCommand("ntpdig"), "-t", "5", "127.0.0.1"
         )
         self.assertEqual(status, 1)
         self.assertIn(b"stratum 0, probable KOD packet", out + err)

@@ -42,7 +42,7 @@ class TwistdEchoTests(TestCase):
         """
         With no options at all, netd serves every service on its default
         loopback ports, echo on 127.0.0.1:50007 TCP and UDP among them, and
-        logs each address.
+        logs each address; not discard and chargen, which are off by default.
         """
         netd = yield runNetd(self)
         self.assertIn(("daytime", "TCP", "127.0.0.1", 50013), netd.addresses)
@@ -50,6 +50,8 @@ class TwistdEchoTests(TestCase):
         self.assertIn(("sntp", "UDP", "127.0.0.1", 50123), netd.addresses)
         self.assertIn(("echo", "TCP", "127.0.0.1", 50007), netd.addresses)
         self.assertIn(("echo", "UDP", "127.0.0.1", 50007), netd.addresses)
+        served = {name for name, *_ in netd.addresses}
+        self.assertEqual(served & {"discard", "chargen"}, set())
         client = CollectUntilClosed(halfClose=False)
         yield connectProtocol(TCP4ClientEndpoint(_reactor, "127.0.0.1", 50007), client)
         client.transport.write(b"Hello network world")
@@ -212,7 +214,7 @@ class StartupErrorTests(TestCase):
             "-n",
             "netd",
             "--services",
-            "chargen",
+            "gopher",
             "--echo-delay",
             "1",
             path=path,
@@ -221,7 +223,7 @@ class StartupErrorTests(TestCase):
         self.assertEqual(out, b"")
         self.assertRegex(
             err.decode(),
-            r"\Atwistd netd: unknown service 'chargen' \(known: [a-z, ]*echo[a-z, ]*\) "
+            r"\Atwistd netd: unknown service 'gopher' \(known: [a-z, ]*echo[a-z, ]*\) "
             r"\(twistd netd --help lists the options\)\n\Z",
         )
 
