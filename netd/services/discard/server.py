@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from netd.plugin import IGracefulProtocol
+from netd.throttledlog import ThrottledLog
 
 #: Bytes a second read from one connection, by default: 1 MiB.
 DEFAULT_READ_RATE = 1 << 20
@@ -54,6 +56,8 @@ class DiscardProtocol(Protocol):
         self._last = now
         if self._tokens < 0 and self._resume is None:
             self.pauses += 1
+            if self.pauses == 1:
+                self.factory.overRate(self.transport)
             self.transport.pauseProducing()
             self._resume = self.factory.clock.callLater(
                 -self._tokens / rate, self._resumeReading
@@ -85,12 +89,28 @@ class DiscardFactory(Factory):
 
     protocol = DiscardProtocol  # type: ignore[assignment]
     noisy = False
+    log = Logger()
 
     def __init__(self, clock: Any, readRate: int = DEFAULT_READ_RATE) -> None:
         if readRate <= 0:
             raise ValueError(f"the read rate must be positive, not {readRate!r}")
         self.clock = clock
         self.readRate = readRate
+        self._rateLog = ThrottledLog(clock, interval=1.0, lines=10)
+
+    def overRate(self, transport: Any) -> None:
+        """
+        Log (throttled) that a connection first went over the read rate.
+        """
+        from netd.listeners import describeAddress
+
+        self._rateLog.emit(
+            self.log.info,
+            "discard: {peer} sends faster than {rate} bytes/s; reading from "
+            "it pauses while it is over",
+            peer=describeAddress(transport.getPeer()),
+            rate=self.readRate,
+        )
 
 
 class DiscardDatagramProtocol(DatagramProtocol):

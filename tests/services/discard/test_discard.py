@@ -11,7 +11,7 @@ from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -61,7 +61,11 @@ class DiscardProtocolTests(SynchronousTestCase):
         protocol, transport = connect(DiscardFactory(self.clock, readRate=1000))
         protocol.dataReceived(b"x" * 1000)
         self.assertEqual(transport.producerState, "producing")
-        protocol.dataReceived(b"x" * 500)
+        with capturedLogs() as events:
+            protocol.dataReceived(b"x" * 500)
+        [event] = events
+        self.assertEqual(event["rate"], 1000)
+        self.assertIn("sends faster than 1000 bytes/s", formatEvent(event))
         self.assertEqual(transport.producerState, "paused")
         self.assertEqual(protocol.pauses, 1)
         self.clock.advance(0.49)
