@@ -1,7 +1,7 @@
 # ruff: noqa: UP004, UP010, UP024, UP031 (this file must stay Python 2.7)
 """
 A client made of the standard library's C{multiprocessing.connection} alone,
-run by pyenv's python2.7 and python3.8 to 3.13 in the integration tests (so
+run by pyenv's python2.7 and python3.6 to 3.13 in the integration tests (so
 it is written in the Python both read).
 
     pythonX.Y tests/services/objects/mpclient.py PORT < requests

@@ -71,7 +71,7 @@ class StdlibClientMixin:
     """
 
     versions = ("3.11", "3.12", "3.13")
-    olderVersions = ("3.8", "3.9", "3.10")
+    olderVersions = ("3.6", "3.7", "3.8", "3.9", "3.10")
 
     def listen(self: Any, factory: ObjectsFactory) -> int:
         port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -132,7 +132,7 @@ class StdlibClientTests(StdlibClientMixin, TestCase):
     @defer.inlineCallbacks
     def test_olderVersions(self) -> defer.Generator:
         """
-        Python 3.8 to 3.10 (legacy handshake only) are clients too.
+        Python 3.6 to 3.10 (legacy handshake only) are clients too.
         """
         port = self.listen(ObjectsFactory(_reactor, addHandler, authkey=b"s3cret"))
         for version in self.olderVersions:
