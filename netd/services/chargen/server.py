@@ -5,8 +5,9 @@ The character generator service (RFC 864).
 Over a stream, the server sends the classic rotating pattern until the
 client goes away: lines of 72 characters taken from a ring of the 95
 printing ASCII characters, each line starting one character further on,
-each ended by CR LF. The ring starts at C{!} and puts the space after C{~},
-so that the first line is RFC 864's example line, C{!"#...fgh}. The stream
+each ended by CR LF. The ring starts at C{!} and puts the space after C{~}
+(RFC 864's sorted ring begun at its line 1), so that the first line is the
+one RFC 864's example starts with, C{!"#...fgh}, as xinetd's is. The stream
 is a pull producer: a chunk is written only when the transport has sent
 the last one, so a client that reads slowly costs no memory.
 
