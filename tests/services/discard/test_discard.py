@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.usage import UsageError
@@ -155,6 +156,31 @@ class DiscardLoopbackTests(TestCase):
         self.assertEqual(received, b"")
         [logged] = [event for event in events if event.get("service") == "discard"]
         self.assertEqual((logged["bytesIn"], logged["bytesOut"]), (3 << 20, 0))
+
+    @defer.inlineCallbacks
+    def test_udp(self) -> Any:
+        """
+        Datagrams from any port, 0 to 8,192 bytes, are counted, and nothing
+        comes back.
+        """
+        server = DiscardDatagramProtocol()
+        port = _reactor.listenUDP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        answers: list[bytes] = []
+
+        class Client(DatagramProtocol):
+            def datagramReceived(self, data: bytes, address: Any) -> None:
+                answers.append(data)
+
+        client = _reactor.listenUDP(0, Client(), interface="127.0.0.1")
+        self.addCleanup(client.stopListening)
+        sizes = [0, 1, 512, 8192]
+        for size in sizes:
+            client.write(b"u" * size, ("127.0.0.1", port.getHost().port))
+        while server.datagrams < len(sizes):
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual(server.bytes, sum(sizes))
+        self.assertEqual(answers, [])
 
 
 class DiscardPluginTests(SynchronousTestCase):
