@@ -8,10 +8,12 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
-SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
+SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze \
+	ntpdig ntpdate xinetd unshare nsenter ip
+SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd \
+	ntpsec-ntpdate xinetd util-linux iproute2
 
-.PHONY: run test trial lint sysdeps bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +33,7 @@ run: $(VENV)/.installed
 	$(BIN)/python -m netd.devrun --getfile-root examples/files $(ARGS)
 
 ## test: lint, then the whole trial suite
-test: $(VENV)/.installed $(VENV)/.examples sysdeps lint trial
+test: $(VENV)/.installed $(VENV)/.examples sysdeps python2 lint trial
 
 trial: $(VENV)/.installed $(VENV)/.examples
 	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
@@ -62,6 +64,20 @@ BENCH_PACKAGES := xinetd gcc libc6-dev util-linux
 bench-deps:
 	-@$(MAKE) --no-print-directory sysdeps SYSTEM_COMMANDS="$(BENCH_COMMANDS)" \
 	  SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
+# Python 2.7, whose multiprocessing client the objects tests drive: pyenv's,
+# or python2.7 on PATH, or installed with pyenv (Debian 12 has no python2.7).
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYENV := $(or $(shell command -v pyenv),$(wildcard $(PYENV_ROOT)/bin/pyenv))
+
+python2:
+	@if ls $(PYENV_ROOT)/versions/2.7.*/bin/python2.7 >/dev/null 2>&1 || command -v python2.7 >/dev/null; then :; \
+	elif [ -n "$(PYENV)" ]; then \
+	  echo "installing Python 2.7.18 with pyenv, for the Python 2 client tests"; \
+	  PYENV_ROOT=$(PYENV_ROOT) $(PYENV) install -s 2.7.18 \
+	    || echo "*** NO PYTHON 2.7: pyenv could not build it; the Python 2 client tests will be SKIPPED ***" >&2; \
+	else \
+	  echo "*** NO PYTHON 2.7 and no pyenv to build it: the Python 2 client tests will be SKIPPED ***" >&2; \
+	fi
 
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<

@@ -130,9 +130,20 @@ class NetdService(MultiService):
         if self.handleSignals:
             self._previousHangUp = signal.signal(signal.SIGHUP, self._hangUp)
         listening = [listener.whenListening() for listener in self]
-        gatherResults(listening, consumeErrors=True).addCallbacks(
-            self._ready, self._notReady
-        )
+
+        def announce() -> None:
+            gatherResults(listening, consumeErrors=True).addCallbacks(
+                self._ready, self._notReady
+            )
+
+        if self.handleSignals:
+            # twistd starts services before the reactor runs, and the
+            # reactor installs its SIGINT/SIGTERM handlers only when it
+            # runs: say ready no earlier, so that a stop asked for right
+            # after READY is not lost.
+            self.reactor.callWhenRunning(announce)
+        else:
+            announce()
 
     def _ready(self, ports: list[Any]) -> None:
         listeners = list(self)

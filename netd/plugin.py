@@ -169,8 +169,8 @@ class ServicePlugin:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     optRepeatable: Sequence[Sequence[Any]] = ()
-    clientCommands: Sequence[tuple[str, str, str]] = ()
     enabledByDefault: bool = True
+    clientCommands: Sequence[tuple[str, str, str]] = ()
 
     def validate(self, options: Mapping[str, Any]) -> None:
         """

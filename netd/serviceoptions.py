@@ -37,7 +37,9 @@ def _repeatableOption(key: str, doc: str) -> Any:
     return opt
 
 
-def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
+def _endpointOption(
+    serviceName: str, defaults: Iterable[str], enabledByDefault: bool = True
+) -> Any:
     """
     Make the C{opt_NAME} handler that collects a service's endpoints.
     """
@@ -45,9 +47,10 @@ def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     def opt(self: usage.Options, endpoint: str) -> None:
         self["endpoints"][serviceName].append(endpoint)
 
+    off = "" if enabledByDefault else f"; off unless --services names {serviceName}"
     opt.__doc__ = (
         f"Serve {serviceName} on this endpoint (repeatable; replaces the "
-        f"defaults) [default: {' '.join(defaults)}]"
+        f"defaults{off}) [default: {' '.join(defaults)}]"
     )
     return opt
 
@@ -96,7 +99,9 @@ def declareServiceOptions(
         if service.name in RESERVED_NAMES or service.name in reserved:
             raise ValueError(f"a netd service cannot be named {service.name!r}")
         attributes["opt_" + service.name.replace("-", "_")] = _endpointOption(
-            service.name, service.defaultEndpoints
+            service.name,
+            service.defaultEndpoints,
+            getattr(service, "enabledByDefault", True),
         )
         for name, _short, default, doc, coerce in _padded(service.optParameters, 5):
             shown = "" if default is None else f" [default: {default!r}]"

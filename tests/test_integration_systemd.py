@@ -671,6 +671,8 @@ class ExampleConfigTests(TestCase):
             if getattr(service, "enabledByDefault", True)
         ]
         arguments = ["--config", os.path.join(ETC, "netd.toml"), *localPaths(self)]
+        # Services off by default (discard, chargen) too, with their tables.
+        arguments.append("--services=" + ",".join(s.name for s in services))
         for service in services:
             if service.stream:
                 arguments += [f"--{service.name}", "tcp:0:interface=127.0.0.1"]

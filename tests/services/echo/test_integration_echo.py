@@ -41,11 +41,12 @@ class TwistdEchoTests(TestCase):
     @defer.inlineCallbacks
     def test_defaults(self) -> Any:
         """
-        With no endpoint options, netd serves every service where DESIGN.md
-        says, on loopback, and logs each address. The default ports
-        themselves are never bound by a test (a netd may be running beside
-        the suite; CI runs one): netd's own C{--help} must name them, and
-        the same defaults, moved to free ports, serve echo over TCP and UDP.
+        With no options, netd serves every service where DESIGN.md says, on
+        loopback (not discard and chargen, which are off by default), and
+        logs each address. The default ports themselves are never bound by a
+        test (a netd may be running beside the suite; CI runs one): the
+        parsed defaults name them, and the same defaults, moved to free
+        ports, serve echo over TCP and UDP.
         """
         options = Options()
         options.parseOptions([])
