@@ -8,8 +8,8 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
-SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
+SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze socat
+SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd socat
 
 .PHONY: run test trial lint sysdeps bench bench-echo bench-objects bench-getfile clean
 
