@@ -335,7 +335,8 @@ class ServiceTests(TestCase):
     def test_getfile(self) -> defer.Generator:
         """
         getfile, both forms, with and without sendfile (which falls back to
-        chunks under TLS): a 1 MiB file arrives whole.
+        chunks under TLS): a 1 MiB file arrives whole, and so does a
+        refusal.
         """
         for sendfile in ([], ["--getfile-no-sendfile"]):
             tls, ssl = yield self.startNetd(
@@ -353,6 +354,9 @@ class ServiceTests(TestCase):
                 yield self.check(port, b"big\n", self.big)
                 header = b"OK %d\n" % (len(self.big),)
                 yield self.check(port, b"GETFILE/1 5 big\n", header + self.big[5:])
+                # Refused before the close_notify is read: netd has sent its
+                # own already, and closes once the client's comes.
+                yield self.check(port, b"GETFILE/1 0 missing\n", b"ERR 404 not found\n")
 
     @defer.inlineCallbacks
     def test_clock(self) -> defer.Generator:
