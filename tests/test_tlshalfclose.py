@@ -383,7 +383,8 @@ class ServiceTests(TestCase):
     def test_objects(self) -> defer.Generator:
         """
         objects (which does not take half-closes, as on TCP) sends the
-        reply to a request it has read, small or 1 MiB, before it closes.
+        reply to a request it has read, small or 1 MiB, before it closes,
+        under TLS 1.2 and 1.3.
         """
         tls, ssl = yield self.startNetd(
             "--services",
@@ -395,15 +396,15 @@ class ServiceTests(TestCase):
         )
         for port in (tls, ssl):
             for value in ([1, "two", 3.0], self.big):
-                frame = objectsFrame(value)
-                client = yield closeNotifyExchange(
-                    port, self.certs.ca, SSL.TLS1_3_VERSION, frame
-                )
-                received = b"".join(client.received)
-                (length,) = struct.unpack("!i", received[:4])
-                self.assertEqual(len(received), 4 + length)
-                self.assertEqual(pickle.loads(received[4:]), value)
-                self.assertTrue(client.closeNotify)
+                for version in TLS_VERSIONS.values():
+                    client = yield closeNotifyExchange(
+                        port, self.certs.ca, version, objectsFrame(value)
+                    )
+                    received = b"".join(client.received)
+                    (length,) = struct.unpack("!i", received[:4])
+                    self.assertEqual(len(received), 4 + length)
+                    self.assertEqual(pickle.loads(received[4:]), value)
+                    self.assertTrue(client.closeNotify)
 
 
 class TwistedAssumptionsTests(SynchronousTestCase):
