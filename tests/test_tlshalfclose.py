@@ -163,9 +163,9 @@ def objectsFrame(value: Any) -> bytes:
 @implementer(IHalfCloseableProtocol)
 class LateReply(Protocol):
     """
-    Collect what comes; on the end of input, reply with it reversed, one
-    write per chunk, then close: every reply byte is written after the
-    client's C{close_notify}.
+    Collect what comes; on the end of input, send it all back, one write
+    per chunk, then close: every reply byte is written after the client's
+    C{close_notify}.
     """
 
     def __init__(self) -> None:
@@ -175,7 +175,7 @@ class LateReply(Protocol):
         self.chunks.append(data)
 
     def readConnectionLost(self) -> None:
-        for chunk in reversed(self.chunks):
+        for chunk in self.chunks:
             self.transport.write(chunk)
         self.transport.loseConnection()
 
@@ -233,7 +233,7 @@ class HalfCloseTests(TestCase):
                 received = b"".join(client.received)
                 self.assertEqual(client.version, name.replace(" ", "v"))
                 self.assertEqual(len(received), len(request), name)
-                self.assertEqual(sorted(received), sorted(request), name)
+                self.assertEqual(received, request, name)
                 self.assertTrue(client.closeNotify, name)
 
     @defer.inlineCallbacks
