@@ -96,6 +96,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.limiter = limiter
         self.dropped = 0
         self._dropLog = ThrottledLog(limiter.clock)
+        self._replyLog = ThrottledLog(limiter.clock)
 
     def logPrefix(self) -> str:
         return self.serviceName
@@ -139,8 +140,12 @@ class GuardedDatagramProtocol(DatagramProtocol):
         try:
             self.transport.write(answer, address)
         except (OSError, MessageLengthError) as error:
-            # Too big for a datagram, or the route went away: nothing to resend.
-            self.log.info(
+            # Too big for one datagram (a prefix on a datagram of the
+            # largest size), or the route went away: the reply is dropped
+            # whole, never cut short.
+            self.dropped += 1
+            self._replyLog.emit(
+                self.log.info,
                 "{service} could not answer {host}:{port}: {error}",
                 service=self.serviceName,
                 host=host,

@@ -376,7 +376,9 @@ def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
     """
     Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
     reader (L{netd.proxyheader}), which hands the service the real client,
-    and C{tls:} is always netd's (Twisted registers a C{tls:} of its own).
+    C{tls:} is always netd's (Twisted registers a C{tls:} of its own), and
+    C{ssl:} takes a client's C{close_notify} as a half-close
+    (L{netd.tlshalfclose}), as C{tls:} does.
     """
     kind, _, inner = description.partition(":")
     kind = kind.lower()
@@ -391,7 +393,12 @@ def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
             from netd.tls import parseTLSEndpoint
 
             return parseTLSEndpoint(reactor, description)
-        endpoint = serverFromString(reactor, description)
+        if kind == "ssl":
+            from netd.tlshalfclose import HalfCloseableTLSReactor
+
+            endpoint = serverFromString(HalfCloseableTLSReactor(reactor), description)
+        else:
+            endpoint = serverFromString(reactor, description)
     except StartupError:
         raise
     except Exception as error:
