@@ -9,12 +9,14 @@ that answers without limit amplifies floods towards the forged victim).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from netd.metrics import NO_DATAGRAM_METRICS, DatagramListenerMetrics
 from netd.throttledlog import ThrottledLog
 
 #: Source ports of services that answer any datagram: echo, daytime,
@@ -81,11 +83,14 @@ class GuardedDatagramProtocol(DatagramProtocol):
     sources.
 
     @ivar reflectionPorts: source ports never answered.
+    @ivar metrics: the UDP endpoint's, which its plugin's
+        C{makeDatagramProtocol} was given.
     """
 
     log = Logger()
     noisy = False
     reflectionPorts: frozenset[int] = REFLECTION_PORTS
+    metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS
 
     def __init__(self, serviceName: str, limiter: PerSourceRateLimiter) -> None:
         """
@@ -110,6 +115,9 @@ class GuardedDatagramProtocol(DatagramProtocol):
         host, port = address[:2]
         if port in self.reflectionPorts or not self.limiter.allow(host):
             self.dropped += 1
+            self.metrics.dropped(
+                "loop-guard" if port in self.reflectionPorts else "rate-limit"
+            )
             self._dropLog.emit(
                 self.log.info,
                 "{service} dropped a datagram from {host}:{port}",
@@ -125,6 +133,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
             self.transport.write(answer, address)
         except (OSError, MessageLengthError) as error:
             # Too big for a datagram, or the route went away: nothing to resend.
+            self.metrics.dropped(_dropReason(error))
             self.log.info(
                 "{service} could not answer {host}:{port}: {error}",
                 service=self.serviceName,
@@ -132,3 +141,16 @@ class GuardedDatagramProtocol(DatagramProtocol):
                 port=port,
                 error=error,
             )
+        else:
+            self.metrics.sent()
+
+
+def _dropReason(error: Exception) -> str:
+    """
+    The metrics' reason for a reply that could not be sent.
+    """
+    if isinstance(error, MessageLengthError) or getattr(error, "errno", None) == (
+        errno.EMSGSIZE
+    ):
+        return "too-big"
+    return "send-error"
