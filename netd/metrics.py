@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import os
 import resource
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -225,55 +227,71 @@ NO_SERVICE_METRICS = ServiceMetrics()
 NO_METRICS = Metrics()
 
 
-class _PrometheusStreamListener(StreamListenerMetrics):
+class _StreamCounts(StreamListenerMetrics):
+    """
+    One stream listener's counts, as plain numbers: a connection costs a
+    few additions, not a lock per metric (L{ListenerCollector} turns them
+    into metrics at each scrape). Refusals, rarer, go straight to their
+    labelled counters.
+    """
+
     __slots__ = (
-        "_accepted",
-        "_active",
-        "_bytesIn",
-        "_bytesOut",
-        "_duration",
+        "labels",
+        "accepted",
+        "active",
+        "bytesIn",
+        "bytesOut",
+        "durations",
+        "durationSum",
         "_refused",
         "_refusedFamily",
-        "_labels",
     )
 
     def __init__(self, families: PrometheusMetrics, labels: tuple[str, str]) -> None:
-        self._labels = labels
-        self._accepted = families.accepted.labels(*labels)
-        self._active = families.active.labels(*labels)
-        self._bytesIn = families.bytesIn.labels(*labels)
-        self._bytesOut = families.bytesOut.labels(*labels)
-        self._duration = families.duration.labels(*labels)
+        self.labels = labels
+        self.accepted = 0
+        self.active = 0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        #: Connections by duration bucket (not cumulative), +Inf last.
+        self.durations = [0] * (len(CONNECTION_BUCKETS) + 1)
+        self.durationSum = 0.0
         self._refusedFamily = families.refused
         self._refused = {
             reason: families.refused.labels(*labels, reason) for reason in REFUSALS
         }
 
     def opened(self) -> None:
-        self._accepted.inc()
-        self._active.inc()
+        self.accepted += 1
+        self.active += 1
 
     def closed(self, bytesIn: int, bytesOut: int, seconds: float) -> None:
-        self._active.dec()
-        self._bytesIn.inc(bytesIn)
-        self._bytesOut.inc(bytesOut)
-        self._duration.observe(seconds)
+        self.active -= 1
+        self.bytesIn += bytesIn
+        self.bytesOut += bytesOut
+        self.durationSum += seconds
+        self.durations[bisect_left(CONNECTION_BUCKETS, seconds)] += 1
 
     def refused(self, reason: str) -> None:
         label = refusalReason(reason)
         child = self._refused.get(label)
         if child is None:
-            child = self._refusedFamily.labels(*self._labels, label)
+            child = self._refusedFamily.labels(*self.labels, label)
         child.inc()
 
 
-class _PrometheusDatagramListener(DatagramListenerMetrics):
-    __slots__ = ("_received", "_sent", "_dropped", "_droppedFamily", "_labels")
+class _DatagramCounts(DatagramListenerMetrics):
+    """
+    One UDP endpoint's counts: datagrams in and out as plain numbers (see
+    L{_StreamCounts}), drops in their labelled counters.
+    """
+
+    __slots__ = ("labels", "receivedCount", "sentCount", "_dropped", "_droppedFamily")
 
     def __init__(self, families: PrometheusMetrics, labels: tuple[str, str]) -> None:
-        self._labels = labels
-        self._received = families.datagramsIn.labels(*labels)
-        self._sent = families.datagramsOut.labels(*labels)
+        self.labels = labels
+        self.receivedCount = 0
+        self.sentCount = 0
         self._droppedFamily = families.datagramsDropped
         self._dropped = {
             reason: families.datagramsDropped.labels(*labels, reason)
@@ -281,16 +299,93 @@ class _PrometheusDatagramListener(DatagramListenerMetrics):
         }
 
     def received(self) -> None:
-        self._received.inc()
+        self.receivedCount += 1
 
     def sent(self) -> None:
-        self._sent.inc()
+        self.sentCount += 1
 
     def dropped(self, reason: str) -> None:
         child = self._dropped.get(reason)
         if child is None:
-            child = self._droppedFamily.labels(*self._labels, reason)
+            child = self._droppedFamily.labels(*self.labels, reason)
         child.inc()
+
+
+class ListenerCollector:
+    """
+    The metrics of every listener's plain counts, made at each scrape.
+
+    The scrape runs in a thread while the reactor counts on: each number is
+    read whole, but a connection ending during a scrape may show in one
+    metric and not yet in another, until the next scrape.
+    """
+
+    def __init__(self) -> None:
+        self.streams: list[_StreamCounts] = []
+        self.datagrams: list[_DatagramCounts] = []
+
+    def _families(self) -> list[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        labels = ["service", "listener"]
+        return [
+            CounterMetricFamily(
+                "netd_connections_accepted", "Connections accepted.", labels=labels
+            ),
+            GaugeMetricFamily(
+                "netd_connections_active", "Connections open now.", labels=labels
+            ),
+            CounterMetricFamily(
+                "netd_received_bytes",
+                "Bytes received on connections that ended.",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                "netd_sent_bytes",
+                "Bytes sent on connections that ended.",
+                labels=labels,
+            ),
+            HistogramMetricFamily(
+                "netd_connection_duration_seconds",
+                "How long connections lasted.",
+                labels=labels,
+            ),
+            CounterMetricFamily(
+                "netd_datagrams_received", "Datagrams received.", labels=labels
+            ),
+            CounterMetricFamily(
+                "netd_datagrams_sent", "Reply datagrams sent.", labels=labels
+            ),
+        ]
+
+    def describe(self) -> list[Any]:
+        return self._families()
+
+    def collect(self) -> list[Any]:
+        from prometheus_client.utils import floatToGoString
+
+        families = self._families()
+        accepted, active, bytesIn, bytesOut, durations, received, sent = families
+        bounds = [*map(floatToGoString, CONNECTION_BUCKETS), "+Inf"]
+        for counts in self.streams:
+            labels = list(counts.labels)
+            accepted.add_metric(labels, counts.accepted)
+            active.add_metric(labels, counts.active)
+            bytesIn.add_metric(labels, counts.bytesIn)
+            bytesOut.add_metric(labels, counts.bytesOut)
+            cumulative = list(accumulate(list(counts.durations)))
+            durations.add_metric(
+                labels, list(zip(bounds, cumulative, strict=True)), counts.durationSum
+            )
+        for datagrams in self.datagrams:
+            labels = list(datagrams.labels)
+            received.add_metric(labels, datagrams.receivedCount)
+            sent.add_metric(labels, datagrams.sentCount)
+        return families
 
 
 class _PrometheusGetFile(GetFileMetrics):
@@ -351,10 +446,14 @@ class _PrometheusService(ServiceMetrics):
         self._name = name
 
     def streamListener(self, description: str) -> StreamListenerMetrics:
-        return _PrometheusStreamListener(self._families, (self._name, description))
+        counts = _StreamCounts(self._families, (self._name, description))
+        self._families.listeners.streams.append(counts)
+        return counts
 
     def datagramListener(self, description: str) -> DatagramListenerMetrics:
-        return _PrometheusDatagramListener(self._families, (self._name, description))
+        counts = _DatagramCounts(self._families, (self._name, description))
+        self._families.listeners.datagrams.append(counts)
+        return counts
 
     def getfile(self) -> GetFileMetrics:
         return _PrometheusGetFile(self._families, self._name)
@@ -415,7 +514,6 @@ class PrometheusMetrics(Metrics):
         from prometheus_client import (
             CollectorRegistry,
             Counter,
-            Gauge,
             Histogram,
             Info,
             ProcessCollector,
@@ -423,54 +521,13 @@ class PrometheusMetrics(Metrics):
 
         self.clock = clock
         self.registry = registry = CollectorRegistry()
+        self.listeners = ListenerCollector()
+        registry.register(self.listeners)
         listener = ("service", "listener")
-        self.accepted = Counter(
-            "netd_connections_accepted",
-            "Connections accepted.",
-            listener,
-            registry=registry,
-        )
         self.refused = Counter(
             "netd_connections_refused",
             "Connections refused, by reason.",
             (*listener, "reason"),
-            registry=registry,
-        )
-        self.active = Gauge(
-            "netd_connections_active",
-            "Connections open now.",
-            listener,
-            registry=registry,
-        )
-        self.bytesIn = Counter(
-            "netd_received_bytes",
-            "Bytes received on connections that ended.",
-            listener,
-            registry=registry,
-        )
-        self.bytesOut = Counter(
-            "netd_sent_bytes",
-            "Bytes sent on connections that ended.",
-            listener,
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "netd_connection_duration_seconds",
-            "How long connections lasted.",
-            listener,
-            buckets=CONNECTION_BUCKETS,
-            registry=registry,
-        )
-        self.datagramsIn = Counter(
-            "netd_datagrams_received",
-            "Datagrams received.",
-            listener,
-            registry=registry,
-        )
-        self.datagramsOut = Counter(
-            "netd_datagrams_sent",
-            "Reply datagrams sent.",
-            listener,
             registry=registry,
         )
         self.datagramsDropped = Counter(

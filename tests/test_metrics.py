@@ -211,6 +211,65 @@ class RefusalReasonTests(SynchronousTestCase):
         self.assertEqual(refusalReason("something new"), "other")
 
 
+class ListenerCountsTests(SynchronousTestCase):
+    """
+    A listener's plain counts, as the registry reports them.
+    """
+
+    def test_durations(self) -> None:
+        """
+        Each connection lands in the first bucket at or above its duration
+        (buckets are cumulative, as Prometheus wants), with bytes summed and
+        the open connections counted.
+        """
+        metrics = PrometheusMetrics(MemoryReactorClock())
+        listener = metrics.service("echo").streamListener("tcp:0")
+        listener.opened()
+        listener.opened()
+        listener.opened()
+        listener.closed(1, 2, 0.1)
+        listener.closed(10, 20, 5000.0)
+        labels = {"service": "echo", "listener": "tcp:0"}
+
+        def sample(name: str, **more: str) -> float | None:
+            return metrics.registry.get_sample_value(name, {**labels, **more})
+
+        buckets = "netd_connection_duration_seconds_bucket"
+        self.assertEqual(sample(buckets, le="0.01"), 0)
+        self.assertEqual(sample(buckets, le="0.1"), 1)
+        self.assertEqual(sample(buckets, le="3600.0"), 1)
+        self.assertEqual(sample(buckets, le="+Inf"), 2)
+        self.assertEqual(sample("netd_connection_duration_seconds_count"), 2)
+        self.assertEqual(sample("netd_connection_duration_seconds_sum"), 5000.1)
+        self.assertEqual(sample("netd_connections_accepted_total"), 3)
+        self.assertEqual(sample("netd_connections_active"), 1)
+        self.assertEqual(sample("netd_received_bytes_total"), 11)
+        self.assertEqual(sample("netd_sent_bytes_total"), 22)
+
+    def test_unknownReasons(self) -> None:
+        """
+        A refusal or a drop for a reason netd did not list still counts.
+        """
+        metrics = PrometheusMetrics(MemoryReactorClock())
+        service = metrics.service("echo")
+        service.streamListener("tcp:0").refused("out of descriptors")
+        service.datagramListener("udp:0").dropped("queue-full")
+        self.assertEqual(
+            metrics.registry.get_sample_value(
+                "netd_connections_refused_total",
+                {"service": "echo", "listener": "tcp:0", "reason": "other"},
+            ),
+            1,
+        )
+        self.assertEqual(
+            metrics.registry.get_sample_value(
+                "netd_datagrams_dropped_total",
+                {"service": "echo", "listener": "udp:0", "reason": "queue-full"},
+            ),
+            1,
+        )
+
+
 class DescriptorCollectorTests(SynchronousTestCase):
     """
     L{DescriptorCollector} reads descriptors at each collection.
