@@ -37,7 +37,7 @@ from netd.policy import (
 )
 from netd.services.echo.plugin import echo
 from netd.tap import Options, makeService
-from tests.common import exchange, runNetd
+from tests.common import TWISTD, exchange, runCommand, runNetd
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -601,3 +601,34 @@ class TwistdTests(TestCase):
         )
         self.assertEqual(value(samples, "netd_build_info", version=__version__), 1)
         self.assertNotIn(b"GET /metrics", netd.output)
+
+    @defer.inlineCallbacks
+    def test_portInUse(self) -> defer.Generator:
+        """
+        A metrics port in use stops start-up with one line naming it.
+        """
+        workDirectory = self.mktemp()
+        os.makedirs(workDirectory)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+            out, err, code = yield runCommand(
+                TWISTD,
+                "--nodaemon",
+                "--pidfile=",
+                "netd",
+                "--services",
+                "echo",
+                "--echo",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                endpoint,
+                path=workDirectory,
+            )
+        self.assertEqual(code, 1)
+        lines = (out + err).decode().splitlines()
+        self.assertTrue(
+            lines[-1].startswith(f"netd: metrics: cannot listen on {endpoint!r}"),
+            lines,
+        )
