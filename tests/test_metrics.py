@@ -20,7 +20,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
 
+from netd import __version__
 from netd.metrics import (
     NO_METRICS,
     DescriptorCollector,
@@ -37,7 +40,14 @@ from netd.policy import (
 )
 from netd.services.echo.plugin import echo
 from netd.tap import Options, makeService
-from tests.common import TWISTD, exchange, runCommand, runNetd
+from tests.common import (
+    TWISTD,
+    Certificates,
+    exchange,
+    makeCertificates,
+    runCommand,
+    runNetd,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -64,14 +74,47 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[key]
 
 
+@implementer(IPolicyForHTTPS)
+class TrustTestCA:
+    """
+    HTTPS for a scrape: trust the test CA, and present its client
+    certificate.
+    """
+
+    def __init__(self, certificates: Certificates) -> None:
+        self.certificates = certificates
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet import ssl
+
+        with open(self.certificates.ca, "rb") as stream:
+            authority = ssl.Certificate.loadPEM(stream.read())
+        with open(self.certificates.clientCert, "rb") as stream:
+            cert = stream.read()
+        with open(self.certificates.clientKey, "rb") as stream:
+            key = stream.read()
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=authority,
+            clientCertificate=ssl.PrivateCertificate.loadPEM(key + cert),
+        )
+
+
 @defer.inlineCallbacks
-def scrape(port: int, path: bytes = b"/metrics") -> defer.Generator:
+def scrape(
+    port: int, path: bytes = b"/metrics", tls: Certificates | None = None
+) -> defer.Generator:
     """
-    GET C{/metrics} over loopback; return the parsed samples.
+    GET C{/metrics} over loopback (HTTPS with the test certificates when
+    C{tls}); return the parsed samples.
     """
-    response = yield Agent(_reactor).request(
-        b"GET", b"http://127.0.0.1:%d%s" % (port, path)
-    )
+    if tls is None:
+        agent = Agent(_reactor)
+        url = b"http://127.0.0.1:%d%s" % (port, path)
+    else:
+        agent = Agent(_reactor, contextFactory=TrustTestCA(tls))
+        url = b"https://127.0.0.1:%d%s" % (port, path)
+    response = yield agent.request(b"GET", url)
     body = yield readBody(response)
     if response.code != 200:
         raise AssertionError(f"HTTP {response.code}: {body!r}")
@@ -543,10 +586,8 @@ class ScrapeTests(TestCase):
         The version, the descriptors in use and their limit, and no reload
         yet.
         """
-        import netd
-
         samples = yield scrape(self.ports["metrics", "TCP"])
-        self.assertEqual(value(samples, "netd_build_info", version=netd.__version__), 1)
+        self.assertEqual(value(samples, "netd_build_info", version=__version__), 1)
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.assertEqual(value(samples, "netd_descriptors_limit"), soft)
         # At least the listeners (5) and the scrape's connection are open.
@@ -575,8 +616,6 @@ class TwistdTests(TestCase):
         A real netd logs where its metrics listen; a scrape there counts
         the connection made before it.
         """
-        from netd import __version__
-
         netd = yield runNetd(
             self,
             "--services",
@@ -632,3 +671,23 @@ class TwistdTests(TestCase):
             lines[-1].startswith(f"netd: metrics: cannot listen on {endpoint!r}"),
             lines,
         )
+
+    @defer.inlineCallbacks
+    def test_tls(self) -> defer.Generator:
+        """
+        Over netd's C{tls:} endpoint with a client CA, as the README
+        advises, a scrape with the client certificate is served.
+        """
+        certificates = makeCertificates(self)
+        netd = yield runNetd(
+            self,
+            "--services",
+            "echo",
+            "--echo",
+            "tcp:0:interface=127.0.0.1",
+            "--metrics",
+            certificates.endpoint(clientCA=True),
+            listeners=2,
+        )
+        samples = yield scrape(netd.port("metrics"), tls=certificates)
+        self.assertEqual(value(samples, "netd_build_info", version=__version__), 1)
