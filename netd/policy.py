@@ -24,6 +24,12 @@ from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 
 from netd.listeners import describeAddress
+from netd.metrics import (
+    NO_DATAGRAM_METRICS,
+    NO_STREAM_METRICS,
+    DatagramListenerMetrics,
+    StreamListenerMetrics,
+)
 from netd.throttledlog import ThrottledLog
 from netd.wrappers import PassThroughWrapper
 
@@ -243,9 +249,16 @@ class PolicyFactory(WrappingFactory):
             reason = f"already {self.perSource[source]} connections from there"
         return reason
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(
+        self, addr: Any, metrics: StreamListenerMetrics = NO_STREAM_METRICS
+    ) -> Any:
+        """
+        Accept or refuse a client, reporting to C{metrics}: its listener's
+        (L{netd.metrics.ListenerFactory}).
+        """
         reason = self.refusal(addr)
         if reason is not None:
+            metrics.refused(reason)
             self._refusalLog.emit(
                 self.log.info,
                 "{service} refused {peer}: {reason}",
@@ -257,7 +270,9 @@ class PolicyFactory(WrappingFactory):
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             # The service refused; returning None would break TLS wrappers.
+            metrics.refused("service")
             return RefusedConnection()
+        wrapped.metrics = metrics  # the connection log reports each connection
         connection = self.protocol(self, wrapped)  # type: ignore[arg-type]
         connection.source = _hostOf(addr)
         connection.idleTimeout = self.policy.settings.idleTimeout
@@ -292,14 +307,21 @@ class PolicedDatagramProtocol(DatagramProtocol):
     noisy = False
 
     def __init__(
-        self, serviceName: str, wrapped: Any, policy: Policy, clock: Any
+        self,
+        serviceName: str,
+        wrapped: Any,
+        policy: Policy,
+        clock: Any,
+        metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS,
     ) -> None:
         """
         @param serviceName: the netd service, for logs.
         @param wrapped: the service's own datagram protocol.
         @param policy: the service's L{Policy}.
         @param clock: an L{IReactorTime}, to throttle the log of drops.
+        @param metrics: the UDP endpoint's.
         """
+        self.metrics = metrics
         self.serviceName = serviceName
         self.wrapped = wrapped
         self.policy = policy
@@ -317,9 +339,11 @@ class PolicedDatagramProtocol(DatagramProtocol):
         self.wrapped.doStop()
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.metrics.received()
         reason = self.policy.settings.refusal(clientAddress(address[0]))
         if reason is not None:
             self.dropped += 1
+            self.metrics.dropped("policy")
             self._dropLog.emit(
                 self.log.info,
                 "{service} dropped a datagram from {host}: {reason}",

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
+from netd.metrics import NO_SERVICE_METRICS, ServiceMetrics
 from netd.plugin import ServicePlugin
 
 
@@ -81,7 +82,12 @@ class GetFileService(ServicePlugin):
         """
         return f"serving {os.path.realpath(options['root'] or os.getcwd())}"
 
-    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeFactory(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: ServiceMetrics = NO_SERVICE_METRICS,
+    ) -> Any:
         """
         Build the factory for the root, which must be a readable directory.
 
@@ -95,6 +101,7 @@ class GetFileService(ServicePlugin):
             requestTimeout=options["request-timeout"],
             maxTransfers=options["max-transfers"],
             sendfile=not options["no-sendfile"],
+            metrics=metrics.getfile(),
         )
 
     def reconfigure(

@@ -39,6 +39,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from netd.listeners import describeAddress
+from netd.metrics import NO_GETFILE_METRICS, GetFileMetrics
 from netd.plugin import IGracefulProtocol
 from netd.services.getfile.confinement import (
     MAX_LINE,
@@ -462,6 +463,7 @@ class GetFileProtocol(Protocol):
         self._answered = True
         self._cancelTimeout()
         self._outcome = f"refused: {refused.code} {refused.reason}"
+        self.factory.metrics.refused(refused.code)
         if self.request is not None:
             extended = self.request.extended
         else:
@@ -499,6 +501,7 @@ class GetFileProtocol(Protocol):
                 peer=self._peer(),
             )
             return
+        self.factory.metrics.transferEnded(self._outcome == "sent")
         self.log.info(
             "getfile {peer} {path!r} ({form} form, offset {offset}): {outcome}, "
             "{sent} of {size} bytes",
@@ -526,6 +529,7 @@ class GetFileFactory(Factory):
     @ivar maxTransfers: transfers at once; more are refused as busy.
     @ivar sendfile: whether to use C{os.sendfile} where it applies.
     @ivar transfers: the protocols whose transfer is under way.
+    @ivar metrics: what transfers and refusals are reported to.
     """
 
     protocol = GetFileProtocol  # type: ignore[assignment]
@@ -538,10 +542,12 @@ class GetFileFactory(Factory):
         requestTimeout: float = 10.0,
         maxTransfers: int = 64,
         sendfile: bool = True,
+        metrics: GetFileMetrics = NO_GETFILE_METRICS,
     ) -> None:
         """
         @param root: the directory to serve; resolved now.
         """
+        self.metrics = metrics
         self.clock = clock
         self.root = ConfinedRoot(root)
         self.requestTimeout = requestTimeout
