@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from netd.porthold import explainListenError
+
 
 class StartupError(Exception):
     """
@@ -188,9 +190,10 @@ class StreamListener(Service):
         starting = False
         if failures:
             self._listening = None
+            reason = explainListenError(failures[0].value, "tcp")
             raise StartupError(
                 f"{self.serviceName}: cannot listen on {self.description!r}: "
-                f"{failures[0].getErrorMessage()}"
+                f"{reason or failures[0].getErrorMessage()}"
             )
 
     def startService(self) -> None:
@@ -302,8 +305,9 @@ class DatagramListener(Service):
         try:
             self.port = self._listen()
         except Exception as error:
+            reason = explainListenError(error, "udp") or error
             raise StartupError(
-                f"{self.serviceName}: cannot listen on {self.description!r}: {error}"
+                f"{self.serviceName}: cannot listen on {self.description!r}: {reason}"
             ) from error
         self.log.info(
             "{service} listening on {address}",
