@@ -105,21 +105,19 @@ def _optionEntry(option: Option, metavar: str = "VALUE") -> list[str]:
 def _metavar(name: str, services: Iterable[str]) -> str:
     """
     The placeholder for an option's value: C{ENDPOINT} for a service's
-    endpoint option, else by the last word of its name.
+    endpoint option, else by its name, or the last word of it.
     """
     if name in services:
         return "ENDPOINT"
-    last = name.rsplit("-", 1)[-1]
-    return {
+    byName = {
         "allow": "CIDR",
         "deny": "CIDR",
-        "proxy": "CIDR",
-        "file": "FILE",
-        "config": "FILE",
-        "root": "DIR",
+        "trusted-proxy": "CIDR",
         "services": "NAMES",
         "metrics": "ENDPOINT",
-    }.get(last, "VALUE")
+    }
+    byLastWord = {"file": "FILE", "config": "FILE", "root": "DIR"}
+    return byName.get(name) or byLastWord.get(name.rsplit("-", 1)[-1], "VALUE")
 
 
 def _section(title: str, *lines: str) -> list[str]:
