@@ -179,11 +179,14 @@ def describePortHolder(
             f"{_userName(sockets[0].uid)} (run as root to see which)"
         )
     pid, command, inode = holder
+    if pid == os.getpid():
+        return f"port {port} is in use by another endpoint of this netd (pid {pid})"
     description = f"port {port} is in use by pid {pid} ({command})"
     if not any(bound.listening for bound in sockets if bound.inode == inode):
         description += (
-            " for a connection, not listening: the kernel gave it the port; "
-            "reserve netd's ports with etc/sysctl.d/netd.conf"
+            " for a connection, not listening (most often an outgoing one "
+            "the kernel gave this port): reserve netd's ports with "
+            "etc/sysctl.d/netd.conf"
         )
     return description
 
