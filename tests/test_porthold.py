@@ -185,7 +185,8 @@ class PortHolderTests(SynchronousTestCase):
                 ),
                 "tcp",
             ),
-            f"port {port} is in use by another endpoint of this netd (pid {os.getpid()})",
+            f"port {port} is in use by another endpoint of this netd "
+            f"(pid {os.getpid()})",
         )
 
     def test_otherErrors(self) -> None:
