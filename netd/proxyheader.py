@@ -17,13 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.twistedprivate import InvalidProxyHeader, V1Parser, V2Parser
 from netd.wrappers import PassThroughWrapper
 
 V1_PREFIX = b"PROXY "
