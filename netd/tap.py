@@ -41,12 +41,13 @@ from netd.serviceoptions import (
     resolveServiceOptions,
 )
 from netd.systemd import Notifier, familyMismatch, inheritedNames
+from netd.workers import Supervisor, Worker, resolveWorkers
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).
 POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
 _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
-_GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset({"services", "grace", "workers", *POLICY_KEYS})
 
 
 class Options(usage.Options):
@@ -102,6 +103,14 @@ class Options(usage.Options):
             "Seconds connections in flight get to finish when netd stops "
             f"[default: {DEFAULT_GRACE:g}].",
             float,
+        ],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes serving the same listeners under one supervising "
+            "parent [default: 1: no parent, one process].",
+            int,
         ],
     ]
 
@@ -190,6 +199,7 @@ class Options(usage.Options):
                 f"--grace must be a number of seconds, not {self['grace']!r}"
             )
 
+        self["workers"] = resolveWorkers(self["workers"], fileConfig)
         chosen = chooseServices(self["services"], fileConfig, self.available)
         self["services"] = chosen
         self["serviceOptions"] = {}
@@ -286,10 +296,12 @@ def _reportStartupErrors(previous: Any) -> Any:
     return hook
 
 
-def makeService(config: Options, reactor: Any = None) -> NetdService:
+def makeService(config: Options, reactor: Any = None) -> NetdService | Supervisor:
     """
     Build netd: one listener service per endpoint of every chosen service,
-    under a L{NetdService} that handles readiness, reload and graceful stop.
+    under a L{NetdService} that handles readiness, reload and graceful stop;
+    with C{--workers} above 1, the L{Supervisor} of that many workers, each
+    of which builds netd again (L{netd.workers}).
 
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
@@ -305,13 +317,28 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
+    worker = None
+    if handleSignals:
+        worker = Worker.fromEnvironment(reactor, _streamEndpoint)
+        if worker is None and config["workers"] > 1:
+            return Supervisor(
+                config, reactor, _streamEndpoint, Notifier.fromEnvironment()
+            )
     netd = NetdService(
         reactor,
         {"grace": config["grace"]},
-        reread=config.reread,
-        notifier=Notifier.fromEnvironment() if handleSignals else None,
+        reread=config.reread if worker is None else worker.reread(config.reread),
+        notifier=(
+            worker.notifier
+            if worker is not None
+            else Notifier.fromEnvironment()
+            if handleSignals
+            else None
+        ),
         handleSignals=handleSignals,
     )
+    if worker is not None:
+        worker.start(config)
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         running = RunningService(
@@ -329,9 +356,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 protocol = PolicedDatagramProtocol(
                     service.name, protocol, running.policy, reactor
                 )
-                listener: Any = DatagramListener(
-                    service.name, description, reactor, protocol
-                )
+                listener: Any = (
+                    DatagramListener if worker is None else worker.datagramListener
+                )(service.name, description, reactor, protocol)
             else:
                 if running.factory is None:
                     running.factory = ConnectionLoggingFactory(
@@ -343,7 +370,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 listener = StreamListener(
                     service.name,
                     description,
-                    _streamEndpoint(service.name, description, reactor),
+                    _streamEndpoint(service.name, description, reactor)
+                    if worker is None
+                    else worker.streamEndpoint(service.name, description),
                     policed,
                 )
             listener.setServiceParent(netd)

@@ -1,0 +1,882 @@
+# -*- test-case-name: tests.test_workers -*-
+"""
+Every core: C{--workers N} runs N identical worker processes on the same
+listening sockets, under one supervising parent.
+
+The parent (L{Supervisor}) opens every listening socket itself: C{tcp:},
+C{udp:}, C{unix:}, the TCP under C{tls:}/C{ssl:}/C{haproxy:}, and the
+sockets systemd handed over. It never accepts on them; it hands them to
+each worker as inherited descriptors and runs each worker as
+C{twistd --nodaemon netd ARGUMENTS} again, with C{$NETD_WORKER} saying
+which descriptor is which listener (L{Handover}). A worker (L{Worker})
+builds netd exactly as a single process would, but adopts each socket
+instead of listening, and wraps it as its endpoint says (its own TLS
+context, its own PROXY header reader).
+
+The parent keeps one log, one pidfile and the service manager's view:
+
+    - a worker's log events come to the parent as JSON on the worker's
+      stdout and go on into the parent's log, tagged C{[worker N]};
+    - a worker tells the parent over a pipe (descriptor 3) what it would
+      tell systemd (C{READY=1}...); the parent says C{READY=1} once every
+      worker listens, and again once every worker has reloaded;
+    - C{SIGHUP} and C{SIGTERM} are forwarded to every worker; the parent
+      ends once every worker has ended (each finishing what it has in
+      flight within its C{--grace});
+    - a worker that ends by itself is restarted, after a delay that grows
+      while it keeps failing soon after starting;
+    - a worker whose parent is gone (its stdin pipe closes) stops.
+
+Limits that hold for the whole daemon are shared out: each worker gets
+C{--max-connections}, C{--max-per-source} and every service's C{udp-rate}
+divided by N, rounded up (L{shareLimits}).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import fdesc
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.error import ConnectionDone, ProcessDone, ReactorNotRunning
+from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
+from twisted.internet.protocol import Protocol as _Protocol
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    eventAsText,
+)
+from twisted.python.failure import Failure
+from twisted.python.usage import UsageError
+from zope.interface import implementer
+
+from netd.config import configValue
+from netd.listeners import (
+    DatagramListener,
+    StartupError,
+    StreamListener,
+    describeAddress,
+    isDatagramEndpoint,
+)
+from netd.systemd import Notifier, adoptDatagramSocket
+
+#: The environment variable that makes a C{twistd netd} a worker.
+WORKER_ENVIRONMENT = "NETD_WORKER"
+#: A worker's descriptor for telling the parent its state.
+STATUS_FD = 3
+#: A worker's first inherited listening socket.
+FIRST_LISTENER_FD = 4
+#: Seconds a worker must have run for its end to count as a crash rather
+#: than a failure to start (which doubles the delay before the next try).
+STABLE_SECONDS = 10.0
+#: The first and the longest delay before restarting a failing worker.
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+#: Seconds beyond the grace period that the parent waits for a stopping
+#: worker before it kills it.
+KILL_MARGIN = 10.0
+#: Log formats of a worker's own events that would read as the parent's:
+#: the parent logs each listener and netd's readiness once, itself.
+_WORKER_FORMATS = {
+    "{service} listening on {address}": "{service} serving {address}",
+    "netd ready: {status}": "worker ready: {status}",
+}
+_NOT_RELAYED = frozenset({"log_format", "log_text", "log_system", "log_flattened"})
+_ENVIRONMENT_DROPPED = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def resolveWorkers(value: int | None, fileConfig: Mapping[str, Any]) -> int:
+    """
+    The C{--workers} option: the command line, else the config file's
+    C{workers}, else 1.
+
+    @raise UsageError: when it is not a whole number from 1 up.
+    """
+    if value is None:
+        value = (
+            configValue("workers", fileConfig["workers"], int)
+            if "workers" in fileConfig
+            else 1
+        )
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"--workers must be a whole number from 1 up, not {value!r}")
+    return value
+
+
+def perWorker(total: float, workers: int) -> Any:
+    """
+    One worker's share of a limit on the whole daemon: C{total / workers}
+    rounded up (for whole numbers), and 0 (no limit) stays 0.
+    """
+    if not total:
+        return total
+    if isinstance(total, int):
+        return math.ceil(total / workers)
+    return total / workers
+
+
+def shareLimits(config: Any, workers: int) -> Any:
+    """
+    Give one worker of C{workers} its share of the daemon's limits, in
+    parsed options: each service's C{max-connections} and
+    C{max-per-source}, and its C{udp-rate} (replies a second to one
+    source, which any worker may receive datagrams from).
+
+    @return: C{config}, changed.
+    """
+    for name, settings in list(config["policies"].items()):
+        config["policies"][name] = replace(
+            settings,
+            maxConnections=perWorker(settings.maxConnections, workers),
+            maxPerSource=perWorker(settings.maxPerSource, workers),
+        )
+    for options in config["serviceOptions"].values():
+        if options.get("udp-rate"):
+            options["udp-rate"] = perWorker(float(options["udp-rate"]), workers)
+    return config
+
+
+@implementer(ILogObserver)
+class WorkerLogObserver:
+    """
+    A worker's log: each event as one line of JSON on stdout, for the
+    parent to log as its own (L{Supervisor.relayEvent}). The text is
+    formatted here, where every field is still at hand; the fields that
+    are plain values go along, for observers that read them.
+    """
+
+    def __init__(self, fd: int = 1) -> None:
+        self.fd = fd
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        event = dict(event)
+        format = event.get("log_format")
+        if format in _WORKER_FORMATS:
+            event["log_format"] = _WORKER_FORMATS[format]
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        record = {
+            key: value
+            for key, value in event.items()
+            if isinstance(value, str | int | float | bool | type(None))
+            and key not in _NOT_RELAYED
+        }
+        level = event.get("log_level")
+        record["log_level"] = getattr(level, "name", "info")
+        record["log_text"] = text
+        line = json.dumps(record, default=repr).encode("utf-8") + b"\n"
+        try:
+            while line:
+                line = line[os.write(self.fd, line) :]
+        except OSError:
+            pass
+
+
+def workerLogObserver() -> ILogObserver:
+    """
+    The log observer of a worker process
+    (C{twistd --logger=netd.workers.workerLogObserver}).
+    """
+    return WorkerLogObserver()
+
+
+# The worker side
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """
+    One listening socket the parent handed to a worker.
+    """
+
+    service: str
+    endpoint: str
+    fd: int
+    family: int
+
+
+class PipeNotifier(Notifier):
+    """
+    What a worker would tell the service manager, told to its parent: one
+    JSON object a line on a pipe.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(None)
+        self.fd = fd
+
+    def notify(self, **fields: str) -> bool:
+        """
+        Send C{fields} to the parent; a parent that is gone is logged.
+        """
+        line = json.dumps(fields).encode("utf-8") + b"\n"
+        try:
+            os.write(self.fd, line)
+        except OSError as error:
+            self.log.warn(
+                "cannot tell netd's parent {fields}: {error}",
+                fields=fields,
+                error=error,
+            )
+            return False
+        return True
+
+
+class _ParentWatch(FileDescriptor):
+    """
+    Read the worker's stdin, a pipe from the parent, until it closes: then
+    the parent is gone and the worker stops.
+    """
+
+    def __init__(self, reactor: Any, fd: int, gone: Callable[[], None]) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.gone = gone
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self.fd, lambda data: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        # The end of the pipe, not the reactor letting go of it as it stops.
+        if reason.check(ConnectionDone):
+            self.gone()
+
+
+class _AdoptingReactor:
+    """
+    A reactor for one endpoint of a worker: its one C{listen*} call adopts
+    the socket the parent handed over instead, wrapped as that call would
+    wrap it (C{listenSSL} in TLS); everything else is the real reactor's.
+    """
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def adoptStreamPort(self, fileno: int, addressFamily: int, factory: Any) -> Any:
+        return self._reactor.adoptStreamPort(self._fd, self._family, factory)
+
+    def listenTCP(self, port: int, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.adoptStreamPort(self._fd, self._family, factory)
+
+    def listenUNIX(self, address: Any, factory: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.adoptStreamPort(self._fd, self._family, factory)
+
+    def listenSSL(
+        self, port: int, factory: Any, contextFactory: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        return self.adoptStreamPort(
+            self._fd, self._family, TLSMemoryBIOFactory(contextFactory, False, factory)
+        )
+
+
+class _AdoptedDatagramListener(DatagramListener):
+    """
+    A worker's UDP listener: it serves the socket the parent handed over.
+    """
+
+    def __init__(self, handedOver: HandedOver, *args: Any) -> None:
+        super().__init__(*args)
+        self.handedOver = handedOver
+
+    def _listen(self) -> Any:
+        return adoptDatagramSocket(
+            self.reactor, self.handedOver.fd, self.handedOver.family, self.protocol
+        )
+
+
+class Worker:
+    """
+    What makes a C{twistd netd} one of the workers of a L{Supervisor}: the
+    sockets it was handed, its pipe to the parent, its share of the limits.
+
+    @ivar index: this worker's number, from 1.
+    @ivar workers: how many workers there are.
+    @ivar notifier: where readiness goes (the parent).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        index: int,
+        workers: int,
+        listeners: list[HandedOver],
+        streamEndpoint: Callable[[str, str, Any], Any],
+        statusFD: int = STATUS_FD,
+    ) -> None:
+        """
+        @param streamEndpoint: builds a stream endpoint from its description
+            (L{netd.tap._streamEndpoint}), here given a reactor that adopts.
+        """
+        self.reactor = reactor
+        self.index = index
+        self.workers = workers
+        self._unused = list(listeners)
+        self._streamEndpoint = streamEndpoint
+        self.notifier: Notifier = PipeNotifier(statusFD)
+
+    @classmethod
+    def fromEnvironment(
+        cls,
+        reactor: Any,
+        streamEndpoint: Callable[[str, str, Any], Any],
+        environ: Mapping[str, str] | None = None,
+    ) -> Worker | None:
+        """
+        The worker this process is, per C{$NETD_WORKER}; L{None} when it
+        is not a worker.
+        """
+        environ = os.environ if environ is None else environ
+        text = environ.get(WORKER_ENVIRONMENT)
+        if not text:
+            return None
+        handover = json.loads(text)
+        return cls(
+            reactor,
+            handover["index"],
+            handover["workers"],
+            [HandedOver(**listener) for listener in handover["listeners"]],
+            streamEndpoint,
+        )
+
+    def start(self, config: Any) -> Any:
+        """
+        Take this worker's share of the limits in C{config}, leave the
+        terminal's process group (a Ctrl-C is for the parent, which stops
+        the workers gracefully), and stop when the parent is gone.
+
+        @return: C{config}.
+        """
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass
+        self.reactor.addReader(_ParentWatch(self.reactor, 0, self._parentGone))
+        return shareLimits(config, self.workers)
+
+    def reread(self, reread: Callable[[], Any]) -> Callable[[], Any]:
+        """
+        Wrap C{Options.reread} so that a reload keeps to the shares.
+        """
+        return lambda: shareLimits(reread(), self.workers)
+
+    def _parentGone(self) -> None:
+        self.log.warn("netd's parent process is gone: stopping")
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass
+
+    def _take(self, serviceName: str, description: str) -> HandedOver:
+        for handedOver in self._unused:
+            if (handedOver.service, handedOver.endpoint) == (serviceName, description):
+                self._unused.remove(handedOver)
+                return handedOver
+        raise StartupError(
+            f"{serviceName}: {description!r} is not among the sockets netd's "
+            "parent opened (the configuration changed since netd started: "
+            "restart netd)"
+        )
+
+    def streamEndpoint(self, serviceName: str, description: str) -> Any:
+        """
+        The endpoint of a stream listener: the socket handed over, served
+        as C{description} says (TLS, PROXY header...).
+        """
+        handedOver = self._take(serviceName, description)
+        return self._adopted(serviceName, description, handedOver)
+
+    def _adopted(
+        self, serviceName: str, description: str, handedOver: HandedOver
+    ) -> Any:
+        kind, _, inner = description.partition(":")
+        kind = kind.lower()
+        if kind == "haproxy":
+            from netd.proxyheader import ProxiedEndpoint
+
+            return ProxiedEndpoint(
+                self._adopted(serviceName, inner, handedOver), self.reactor
+            )
+        if kind == "systemd":
+            return AdoptedStreamServerEndpoint(
+                self.reactor, handedOver.fd, handedOver.family
+            )
+        adopting = _AdoptingReactor(self.reactor, handedOver.fd, handedOver.family)
+        return self._streamEndpoint(serviceName, description, adopting)
+
+    def datagramListener(
+        self, serviceName: str, description: str, reactor: Any, protocol: Any
+    ) -> DatagramListener:
+        """
+        A UDP listener on the socket handed over.
+        """
+        handedOver = self._take(serviceName, description)
+        return _AdoptedDatagramListener(
+            handedOver, serviceName, description, reactor, protocol
+        )
+
+
+# The parent side
+
+
+def _level(name: Any) -> LogLevel:
+    try:
+        return LogLevel.levelWithName(str(name))
+    except Exception:
+        return LogLevel.info
+
+
+class _WorkerProcess(ProcessProtocol):
+    """
+    The parent's end of one worker process: its log, its state, its end.
+    """
+
+    def __init__(self, supervisor: Supervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.system = f"worker {index}"
+        self.started = supervisor.reactor.seconds()
+        self.ready = False
+        self.reloading = False
+        self.status = ""
+        self.ended: Deferred[None] = Deferred()
+        self.pid: int | None = None
+        self._buffers: dict[int, bytes] = {1: b"", 2: b"", STATUS_FD: b""}
+
+    def makeConnection(self, transport: Any) -> None:
+        self.pid = transport.pid
+        super().makeConnection(transport)
+
+    def signal(self, name: str) -> None:
+        if self.transport is not None and self.transport.pid is not None:
+            try:
+                self.transport.signalProcess(name)
+            except Exception:
+                pass
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        buffered = self._buffers.get(childFD, b"") + data
+        *complete, self._buffers[childFD] = buffered.split(b"\n")
+        for record in complete:
+            if record.strip():
+                self._received(childFD, record)
+
+    def _received(self, childFD: int, record: bytes) -> None:
+        if childFD == 1:
+            self.supervisor.relayEvent(self, record)
+        elif childFD == STATUS_FD:
+            try:
+                fields = json.loads(record)
+            except ValueError:
+                return
+            self.supervisor.workerSaid(self, fields)
+        else:
+            self.supervisor.relayLine(self, record)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._buffers.items():
+            if rest.strip():
+                self._received(childFD, rest)
+        self._buffers.clear()
+        self.supervisor.workerEnded(self, reason)
+        self.ended.callback(None)
+
+
+class _Idle(_Protocol):
+    """
+    Never built: the parent does not accept on the sockets it holds.
+    """
+
+
+class _Holding(Factory):
+    """
+    The factory of a socket the parent holds for its workers.
+    """
+
+    noisy = False
+    protocol = _Idle
+
+    def __init__(self, serviceName: str) -> None:
+        self.serviceName = serviceName
+
+    def logPrefix(self) -> str:
+        return f"{self.serviceName} (for the workers)"
+
+
+class _HoldingDatagrams(DatagramProtocol):
+    """
+    The protocol of a UDP socket the parent holds for its workers.
+    """
+
+    noisy = False
+
+
+class Supervisor(MultiService):
+    """
+    The parent of C{--workers N}: it holds the listening sockets, runs and
+    restarts the workers, and speaks for them to the service manager.
+
+    @ivar workers: the running worker of each slot (from 1), or L{None}
+        while a slot waits to be restarted.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Any,
+        reactor: Any,
+        streamEndpoint: Callable[[str, str, Any], Any],
+        notifier: Notifier | None = None,
+        handleSignals: bool = True,
+        command: list[str] | None = None,
+    ) -> None:
+        """
+        @param config: the parsed L{netd.tap.Options}.
+        @param streamEndpoint: builds a stream endpoint from its description.
+        @param command: the worker's command line up to C{netd}; C{twistd}
+            run by this Python by default.
+        """
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.count = config["workers"]
+        self.grace = config["grace"]
+        self.notifier = notifier if notifier is not None else Notifier(None)
+        self.handleSignals = handleSignals
+        self.command = command if command is not None else self._twistd(config)
+        self.workers: dict[int, _WorkerProcess | None] = dict.fromkeys(
+            range(1, self.count + 1)
+        )
+        self.status = "starting"
+        self.stopping = False
+        self._announced = False
+        self._reloadFailed: str | None = None
+        self._backoff: dict[int, float] = {}
+        self._restarts: dict[int, Any] = {}
+        self._previousHangUp: Any = None
+        for service in config["services"]:
+            for description in config["endpoints"][service.name]:
+                if isDatagramEndpoint(description):
+                    listener: Any = DatagramListener(
+                        service.name, description, reactor, _HoldingDatagrams()
+                    )
+                else:
+                    listener = StreamListener(
+                        service.name,
+                        description,
+                        streamEndpoint(service.name, description, reactor),
+                        _Holding(service.name),
+                    )
+                listener.setServiceParent(self)
+
+    @staticmethod
+    def _twistd(config: Any) -> list[str]:
+        command = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "--nodaemon",
+            "--pidfile=",
+            f"--logger={__name__}.workerLogObserver",
+        ]
+        twistdOptions = getattr(config, "parent", None)
+        reactorName = twistdOptions.get("reactor") if twistdOptions else None
+        if reactorName:
+            command.append(f"--reactor={reactorName}")
+        return [*command, "netd"]
+
+    # Starting
+
+    def privilegedStartService(self) -> None:
+        """
+        Open every listening socket (before twistd drops privileges), and
+        leave accepting to the workers.
+        """
+        super().privilegedStartService()
+        for listener in self:
+            if listener.port is not None:
+                listener.port.stopReading()
+            else:
+                listener.whenListening().addCallback(lambda port: port.stopReading())
+
+    def startService(self) -> None:
+        """
+        Start the workers once the reactor runs.
+        """
+        super().startService()
+        if self.handleSignals:
+            self._previousHangUp = signal.signal(signal.SIGHUP, self._hangUp)
+        self.reactor.callWhenRunning(self._startAll)
+
+    def _startAll(self) -> None:
+        self.log.info(
+            "starting {count} workers on {listeners} listeners",
+            count=self.count,
+            listeners=len(list(self)),
+        )
+        for index in self.workers:
+            self._spawn(index)
+
+    def _handover(self) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+        listeners, childFDs = [], {}
+        for offset, listener in enumerate(self):
+            fd = listener.port.fileno()
+            with socket.socket(fileno=os.dup(fd)) as probe:
+                family = probe.family
+            childFD = FIRST_LISTENER_FD + offset
+            childFDs[childFD] = fd
+            listeners.append(
+                {
+                    "service": listener.serviceName,
+                    "endpoint": listener.description,
+                    "fd": childFD,
+                    "family": int(family),
+                }
+            )
+        return listeners, childFDs
+
+    def _spawn(self, index: int) -> None:
+        self._restarts.pop(index, None)
+        if self.stopping:
+            return
+        listeners, childFDs = self._handover()
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in _ENVIRONMENT_DROPPED
+        }
+        environment[WORKER_ENVIRONMENT] = json.dumps(
+            {"index": index, "workers": self.count, "listeners": listeners}
+        )
+        worker = _WorkerProcess(self, index)
+        self.workers[index] = worker
+        self.reactor.spawnProcess(
+            worker,
+            self.command[0],
+            [*self.command, *self.config.argv],
+            env=environment,
+            childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r", **childFDs},
+        )
+        self.log.info("worker {index} started: pid {pid}", index=index, pid=worker.pid)
+
+    # What workers say
+
+    def relayEvent(self, worker: _WorkerProcess, record: bytes) -> None:
+        """
+        Log an event a worker logged (see L{WorkerLogObserver}) as one of
+        the parent's, tagged with the worker.
+        """
+        try:
+            event = json.loads(record)
+            text = event.pop("log_text")
+        except (ValueError, KeyError, AttributeError, TypeError):
+            self.relayLine(worker, record)
+            return
+        event["log_level"] = _level(event.get("log_level"))
+        event["log_format"] = "{log_text}"
+        event["log_text"] = text
+        event["log_system"] = worker.system
+        event["netd_worker"] = worker.index
+        self.log.observer(event)
+
+    def relayLine(self, worker: _WorkerProcess, line: bytes) -> None:
+        """
+        Log a line a worker wrote to stderr (or that was not an event).
+        """
+        self.log.emit(
+            LogLevel.warn,
+            "{line}",
+            line=line.decode("utf-8", "replace").rstrip(),
+            log_system=worker.system,
+            netd_worker=worker.index,
+        )
+
+    def workerSaid(self, worker: _WorkerProcess, fields: Mapping[str, str]) -> None:
+        """
+        A worker's readiness message (what it would tell systemd).
+        """
+        if fields.get("READY") != "1":
+            return
+        worker.status = fields.get("STATUS", "")
+        worker.ready = True
+        if worker.reloading:
+            worker.reloading = False
+            if worker.status.startswith("reload failed"):
+                self._reloadFailed = worker.status
+        self._checkReady()
+
+    def _checkReady(self) -> None:
+        workers = [worker for worker in self.workers.values() if worker is not None]
+        if self.stopping or not workers:
+            return
+        if not self._announced:
+            if len(workers) == self.count and all(w.ready for w in workers):
+                self._announced = True
+                self.status = "listening on " + ", ".join(
+                    f"{listener.serviceName} {describeAddress(listener.port.getHost())}"
+                    for listener in self
+                    if listener.port is not None
+                )
+                self.status += f" with {self.count} workers"
+                self.log.info("netd ready: {status}", status=self.status)
+                self.notifier.ready(self.status)
+            return
+        if self._reloading and not any(w.reloading for w in workers):
+            self._reloading = False
+            if self._reloadFailed is not None:
+                self.notifier.ready(f"{self._reloadFailed} (a worker)")
+            else:
+                self.notifier.ready(self.status)
+            self.log.info("reload done in every worker")
+
+    _reloading = False
+
+    def workerEnded(self, worker: _WorkerProcess, reason: Failure) -> None:
+        """
+        A worker ended: expected while stopping, else restart it.
+        """
+        if self.workers.get(worker.index) is worker:
+            self.workers[worker.index] = None
+        value = reason.value
+        how = (
+            "exited cleanly"
+            if reason.check(ProcessDone)
+            else f"ended by signal {value.signal}"
+            if getattr(value, "signal", None)
+            else f"exited with status {getattr(value, 'exitCode', '?')}"
+        )
+        if self.stopping:
+            self.log.info("worker {index} {how}", index=worker.index, how=how)
+            return
+        lived = self.reactor.seconds() - worker.started
+        if lived >= STABLE_SECONDS:
+            delay = 0.0
+        else:
+            delay = min(
+                MAX_BACKOFF, self._backoff.get(worker.index, 0.0) * 2 or FIRST_BACKOFF
+            )
+        self._backoff[worker.index] = delay
+        self.log.warn(
+            "worker {index} (pid {pid}) {how}; restarting it in {delay}s",
+            index=worker.index,
+            pid=worker.pid,
+            how=how,
+            delay=delay,
+        )
+        self._restarts[worker.index] = self.reactor.callLater(
+            delay, self._spawn, worker.index
+        )
+        self._checkReady()
+
+    # Reload
+
+    def _hangUp(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """
+        Have every worker reload (each re-reads the configuration); say
+        C{READY=1} again once they all have.
+        """
+        self.notifier.reloading()
+        workers = [worker for worker in self.workers.values() if worker is not None]
+        self.log.info(
+            "reloading the configuration in {count} workers", count=len(workers)
+        )
+        try:
+            fresh = self.config.reread()
+        except (UsageError, SystemExit):
+            pass
+        else:
+            if fresh["workers"] != self.count:
+                self.log.warn("reload: workers changed; it needs a restart")
+            self.grace = fresh["grace"]
+        self._reloading = True
+        self._reloadFailed = None
+        for worker in workers:
+            worker.reloading = True
+            worker.signal("HUP")
+        self._checkReady()
+
+    # Stopping
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every worker gracefully and fire once they all ended (killing
+        those still running past their grace period).
+        """
+        self.stopping = True
+        if self._previousHangUp is not None:
+            signal.signal(signal.SIGHUP, self._previousHangUp)
+            self._previousHangUp = None
+        for timer in self._restarts.values():
+            if timer.active():
+                timer.cancel()
+        self._restarts.clear()
+        running = [worker for worker in self.workers.values() if worker is not None]
+        self.log.info(
+            "stopping {count} workers, up to {grace}s for what is in flight",
+            count=len(running),
+            grace=self.grace,
+        )
+        for worker in running:
+            worker.signal("TERM")
+        killer = self.reactor.callLater(self.grace + KILL_MARGIN, self._kill, running)
+        ended = DeferredList([worker.ended for worker in running])
+        ended.addBoth(lambda result: killer.active() and killer.cancel())
+        if self.handleSignals:
+            self._forwardAgain(running)
+        listening = super().stopService()
+        self.notifier.stopping()
+        return DeferredList([ended, listening]).addCallback(lambda _: None)
+
+    def _forwardAgain(self, running: list[_WorkerProcess]) -> None:
+        """
+        A second C{SIGTERM} or C{SIGINT} while the workers finish is passed
+        on: each ends its grace period at once.
+        """
+
+        def hurry() -> None:
+            self.log.info("stopping again: the workers stop waiting")
+            for worker in running:
+                worker.signal("TERM")
+
+        def handler(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(hurry)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, handler)
+
+    def _kill(self, running: list[_WorkerProcess]) -> None:
+        for worker in running:
+            if not worker.ended.called:
+                self.log.warn(
+                    "worker {index} still runs past its grace period: killing it",
+                    index=worker.index,
+                )
+                worker.signal("KILL")
