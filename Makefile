@@ -11,7 +11,7 @@ TRIAL_ARGS ?= -j2
 SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
 
-.PHONY: run test trial lint sysdeps bench bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint sysdeps bench bench-echo bench-workers bench-objects bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ sysdeps:
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<
 
+bench/connload: bench/connload.c
+	$(CC) -O2 -Wall -o $@ $<
+
 ## bench: netd against its peers, side by side
 bench: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/echo_bench.py
@@ -66,6 +69,10 @@ bench-objects: $(VENV)/.installed
 bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
+## bench-workers: --workers 1 beside --workers 2 (echo C=64, daytime connect rate)
+bench-workers: $(VENV)/.installed bench/echoload bench/connload
+	$(BIN)/python bench/workers_bench.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload bench/connload
 	find . -name dropin.cache -delete

@@ -57,6 +57,7 @@ from twisted.logger import (
     Logger,
     LogLevel,
     eventAsText,
+    formatEventAsClassicLogText,
 )
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
@@ -151,13 +152,27 @@ def shareLimits(config: Any, workers: int) -> Any:
 @implementer(ILogObserver)
 class WorkerLogObserver:
     """
-    A worker's log: each event as one line of JSON on stdout, for the
-    parent to log as its own (L{Supervisor.relayEvent}). The text is
-    formatted here, where every field is still at hand; the fields that
+    A worker's log, tagged C{[worker N]}.
+
+    When the parent logs to its stdout (C{twistd -n}, as under systemd),
+    the worker writes to the very same stdout, each event one line in the
+    parent's own format, one C{write} each (so lines never mix), and the
+    parent does nothing per event. Otherwise (C{--logfile}, C{--syslog}),
+    each event goes to the parent as one line of JSON (L{relay}), for the
+    parent to log as its own (L{Supervisor.relayEvent}): the text is
+    formatted here, where every field is still at hand, and the fields that
     are plain values go along, for observers that read them.
     """
 
-    def __init__(self, fd: int = 1) -> None:
+    def __init__(self, index: int, relay: bool, fd: int = 1) -> None:
+        """
+        @param index: the worker's number.
+        @param relay: whether to write JSON for the parent, rather than
+            text for the log itself.
+        @param fd: where to write.
+        """
+        self.system = f"worker {index}"
+        self.relay = relay
         self.fd = fd
 
     def __call__(self, event: Mapping[str, Any]) -> None:
@@ -165,6 +180,18 @@ class WorkerLogObserver:
         format = event.get("log_format")
         if format in _WORKER_FORMATS:
             event["log_format"] = _WORKER_FORMATS[format]
+        if self.relay:
+            line = self._record(event)
+        else:
+            event["log_system"] = self.system
+            line = (formatEventAsClassicLogText(event) or "").encode("utf-8")
+        try:
+            while line:
+                line = line[os.write(self.fd, line) :]
+        except OSError:
+            pass
+
+    def _record(self, event: dict[str, Any]) -> bytes:
         text = eventAsText(event, includeTimestamp=False, includeSystem=False)
         record = {
             key: value
@@ -175,20 +202,28 @@ class WorkerLogObserver:
         level = event.get("log_level")
         record["log_level"] = getattr(level, "name", "info")
         record["log_text"] = text
-        line = json.dumps(record, default=repr).encode("utf-8") + b"\n"
-        try:
-            while line:
-                line = line[os.write(self.fd, line) :]
-        except OSError:
-            pass
+        return json.dumps(record, default=repr).encode("utf-8") + b"\n"
 
 
 def workerLogObserver() -> ILogObserver:
     """
-    The log observer of a worker process
+    The log observer of a worker process, as C{$NETD_WORKER} describes it
     (C{twistd --logger=netd.workers.workerLogObserver}).
     """
-    return WorkerLogObserver()
+    handover = json.loads(os.environ.get(WORKER_ENVIRONMENT) or "{}")
+    return WorkerLogObserver(handover.get("index", 0), handover.get("relay", True))
+
+
+def logsToStdout(twistdOptions: Mapping[str, Any] | None) -> bool:
+    """
+    Whether twistd, run with C{twistdOptions}, logs to its stdout.
+    """
+    if twistdOptions is None:
+        return False
+    if twistdOptions.get("logger") or twistdOptions.get("syslog"):
+        return False
+    logfile = twistdOptions.get("logfile")
+    return logfile == "-" or (bool(twistdOptions.get("nodaemon")) and not logfile)
 
 
 # The worker side
@@ -569,6 +604,7 @@ class Supervisor(MultiService):
         self.notifier = notifier if notifier is not None else Notifier(None)
         self.handleSignals = handleSignals
         self.command = command if command is not None else self._twistd(config)
+        self.relayLogs = not logsToStdout(getattr(config, "parent", None))
         self.workers: dict[int, _WorkerProcess | None] = dict.fromkeys(
             range(1, self.count + 1)
         )
@@ -671,7 +707,12 @@ class Supervisor(MultiService):
             if key not in _ENVIRONMENT_DROPPED
         }
         environment[WORKER_ENVIRONMENT] = json.dumps(
-            {"index": index, "workers": self.count, "listeners": listeners}
+            {
+                "index": index,
+                "workers": self.count,
+                "relay": self.relayLogs,
+                "listeners": listeners,
+            }
         )
         worker = _WorkerProcess(self, index)
         self.workers[index] = worker
@@ -680,7 +721,13 @@ class Supervisor(MultiService):
             self.command[0],
             [*self.command, *self.config.argv],
             env=environment,
-            childFDs={0: "w", 1: "r", 2: "r", STATUS_FD: "r", **childFDs},
+            childFDs={
+                0: "w",
+                1: "r" if self.relayLogs else 1,
+                2: "r",
+                STATUS_FD: "r",
+                **childFDs,
+            },
         )
         self.log.info("worker {index} started: pid {pid}", index=index, pid=worker.pid)
 

@@ -14,7 +14,11 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory
 from twisted.logger import LogLevel, formatEvent
@@ -31,10 +35,13 @@ from netd.workers import (
     Worker,
     WorkerLogObserver,
     _WorkerProcess,
+    logsToStdout,
     perWorker,
     shareLimits,
 )
 from tests.common import (
+    TWISTD,
+    NetdProcess,
     exchange,
     freePort,
     listenNotifySocket,
@@ -210,7 +217,7 @@ class RelayTests(SynchronousTestCase):
         read, write = os.pipe()
         self.addCleanup(os.close, read)
         self.addCleanup(os.close, write)
-        observer = WorkerLogObserver(write)
+        observer = WorkerLogObserver(2, relay=True, fd=write)
         observer(
             {
                 "log_format": "{service} took {duration:.3f}s",
@@ -245,6 +252,40 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(events[0]["service"], "echo")
         self.assertEqual(events[0]["log_time"], 1.0)
         self.assertEqual(formatEvent(events[1]), "echo serving TCP 127.0.0.1:7")
+
+    def test_direct(self) -> None:
+        """
+        When the parent logs to stdout, a worker writes each event there
+        itself, one line in twistd's format with the worker as its system.
+        """
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        observer = WorkerLogObserver(1, relay=False, fd=write)
+        observer(
+            {
+                "log_format": "{service} listening on {address}",
+                "service": "echo",
+                "address": "TCP 127.0.0.1:7",
+                "log_level": LogLevel.info,
+                "log_time": 2.0,
+            }
+        )
+        line = os.read(read, 65536).decode()
+        self.assertTrue(line.endswith(" [worker 1] echo serving TCP 127.0.0.1:7\n"))
+
+    def test_logsToStdout(self) -> None:
+        """
+        twistd logs to stdout with C{--nodaemon} and no log file, or with
+        C{--logfile -}; not to a file, to syslog or to a custom logger.
+        """
+        self.assertTrue(logsToStdout({"nodaemon": True, "logfile": None}))
+        self.assertTrue(logsToStdout({"nodaemon": True, "logfile": "-"}))
+        self.assertFalse(logsToStdout({"nodaemon": False, "logfile": None}))
+        self.assertFalse(logsToStdout({"nodaemon": True, "logfile": "netd.log"}))
+        self.assertFalse(logsToStdout({"nodaemon": True, "syslog": True}))
+        self.assertFalse(logsToStdout({"nodaemon": True, "logger": print}))
+        self.assertFalse(logsToStdout(None))
 
     def test_notAnEvent(self) -> None:
         """
@@ -372,6 +413,93 @@ class WorkersTests(TestCase):
         for n in range(4):
             reply = yield udp.ask(b"dgram%d" % n, netd.port("echo", "UDP"))
             self.assertEqual(reply, b"Echo=>dgram%d" % n)
+
+    @defer.inlineCallbacks
+    def test_wrappedEndpoints(self) -> defer.Generator:
+        """
+        Workers serve C{tls:} (each with its own TLS context), C{unix:} and
+        C{haproxy:} endpoints on the sockets the parent opened: a verified
+        TLS exchange, a UNIX exchange, and a PROXY header whose client the
+        connection log names.
+        """
+        from tests.common import makeCertificates, tlsClientEndpoint
+
+        certificates = makeCertificates(self)
+        path = os.path.abspath(self.mktemp())
+        netd = yield runNetd(
+            self,
+            *TWO_ECHO,
+            "--echo",
+            certificates.endpoint(),
+            "--echo",
+            f"unix:{path}",
+            "--echo",
+            "haproxy:tcp:0:interface=127.0.0.1",
+            listeners=3,
+        )
+        tlsPort, _, proxiedPort = (port for *_, port in netd.addresses)
+        replies = yield defer.gatherResults(
+            [
+                exchange(tlsClientEndpoint(certificates, tlsPort), b"tls", until=9)
+                for _ in range(4)
+            ]
+        )
+        self.assertEqual(replies, [b"Echo=>tls"] * 4)
+        unix = UNIXClientEndpoint(_reactor, path)
+        self.assertEqual((yield exchange(unix, b"unix")), b"Echo=>unix")
+        proxied = TCP4ClientEndpoint(_reactor, "127.0.0.1", proxiedPort)
+        header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 7\r\n"
+        self.assertEqual((yield exchange(proxied, header + b"far")), b"Echo=>far")
+        yield waitForOutput(netd, "echo TCP 192.0.2.7:5555 closed")
+
+    @defer.inlineCallbacks
+    def test_logFile(self) -> defer.Generator:
+        """
+        With C{--logfile}, the workers' events reach the parent's log file
+        through the parent, tagged with the worker, and nothing goes to
+        stdout.
+        """
+        notify = listenNotifySocket(self)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        logPath = os.path.join(directory, "netd.log")
+        netd = NetdProcess(0)
+        netd.ready.addErrback(lambda failure: None)  # it logs to the file
+        argv = [TWISTD, "--nodaemon", "--pidfile=", f"--logfile={logPath}", "netd"]
+        argv += ["--workers", "2", "--services", "daytime"]
+        argv += ["--daytime", "tcp:0:interface=127.0.0.1"]
+        _reactor.spawnProcess(
+            netd,
+            TWISTD,
+            argv,
+            env=projectEnvironment(NOTIFY_SOCKET=notify.address),
+            path=directory,
+        )
+
+        def stop() -> defer.Deferred[int] | None:
+            if netd.ended.called:
+                return None
+            netd.signal("TERM")
+            return netd.ended
+
+        self.addCleanup(stop)
+        ready = yield notify.received("READY")
+        port = int(re.search(r"TCP 127\.0\.0\.1:(\d+)", ready["STATUS"])[1])
+        endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", port)
+        self.assertRegex((yield exchange(endpoint)), rb"\d\d:\d\d:\d\d")
+
+        def logged() -> str:
+            with open(logPath) as stream:
+                return stream.read()
+
+        yield waitUntil(lambda: SERVED.search(logged()) is not None)
+        text = logged()
+        self.assertEqual(text.count("daytime listening on TCP"), 1)
+        self.assertIn("[worker 1] worker ready: ", text)
+        self.assertIn("[worker 2] worker ready: ", text)
+        netd.signal("TERM")
+        yield netd.ended
+        self.assertEqual(netd.output, b"")
 
     @defer.inlineCallbacks
     def test_reloadEveryWorker(self) -> defer.Generator:
