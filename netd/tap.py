@@ -41,7 +41,8 @@ from netd.serviceoptions import (
     resolveServiceOptions,
 )
 from netd.systemd import Notifier, familyMismatch, inheritedNames
-from netd.workers import Supervisor, Worker, resolveWorkers
+from netd.worker import Worker
+from netd.workers import Supervisor, resolveWorkers
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).

@@ -29,16 +29,8 @@ from netd.listeners import StartupError
 from netd.policy import PolicySettings
 from netd.services.echo.plugin import echo
 from netd.tap import Options, _streamEndpoint
-from netd.workers import (
-    HandedOver,
-    Supervisor,
-    Worker,
-    WorkerLogObserver,
-    _WorkerProcess,
-    logsToStdout,
-    perWorker,
-    shareLimits,
-)
+from netd.worker import HandedOver, Worker, WorkerLogObserver, perWorker, shareLimits
+from netd.workers import Supervisor, _WorkerProcess, logsToStdout
 from tests.common import (
     TWISTD,
     NetdProcess,
