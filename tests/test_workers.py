@@ -43,6 +43,7 @@ from tests.common import (
 )
 from tests.test_integration_systemd import (
     SOCKET_ACTIVATE,
+    Download,
     EchoClient,
     connectEcho,
     heldBy,
@@ -588,6 +589,70 @@ class WorkersTests(TestCase):
         self.assertIn("worker 2 ended", output)
         for pid in pids:
             self.assertFalse(os.path.exists(f"/proc/{pid}/status") and _alive(pid))
+
+    @defer.inlineCallbacks
+    def test_downloadSurvivesStop(self) -> defer.Generator:
+        """
+        A getfile download under way in a worker when the parent is told to
+        stop (its client not even reading then) completes, byte for byte.
+        """
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        content = os.urandom(8 * 1024 * 1024)
+        with open(os.path.join(root, "big.bin"), "wb") as stream:
+            stream.write(content)
+        netd = yield runNetd(
+            self,
+            "--workers",
+            "2",
+            "--services",
+            "getfile",
+            "--getfile",
+            "tcp:0:interface=127.0.0.1",
+            "--getfile-root",
+            root,
+            "--grace",
+            "60",
+        )
+        client = Download()
+        yield connectProtocol(
+            TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile")), client
+        )
+        client.transport.write(b"GETFILE/1 0 big.bin\n")
+        yield client.started
+        client.transport.pauseProducing()
+        netd.signal("TERM")
+        yield waitForOutput(netd, "stopping: 1 connections open")
+        client.transport.resumeProducing()
+        received = yield client.closed
+        self.assertTrue(received == b"OK %d\n" % len(content) + content)
+        yield netd.ended
+        self.assertIn(b"sent, 8388608 of 8388608 bytes", netd.output)
+
+    @defer.inlineCallbacks
+    def test_limitShared(self) -> defer.Generator:
+        """
+        C{--max-connections 2} with two workers allows each worker one
+        connection: of three connections held open, one is refused, by a
+        worker that already has one.
+        """
+        netd = yield runNetd(
+            self,
+            *TWO_ECHO,
+            "--echo",
+            "tcp:0:interface=127.0.0.1",
+            "--max-connections",
+            "2",
+        )
+        yield waitForOutput(netd, "worker ready: ", count=2)
+        clients = []
+        for _ in range(3):
+            client = yield connectEcho(netd.port("echo"))
+            clients.append(client)
+        output = yield waitForOutput(netd, "refused TCP 127.0.0.1:")
+        self.assertIn(": already 1 connections", output)
+        for client in clients:
+            client.transport.loseConnection()
 
     @defer.inlineCallbacks
     def test_deadWorkerRestarted(self) -> defer.Generator:
