@@ -49,6 +49,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
 from twisted.internet.protocol import Protocol as _Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
@@ -127,6 +128,7 @@ class _WorkerProcess(ProcessProtocol):
         self.status = ""
         self.ended: Deferred[None] = Deferred()
         self.pid: int | None = None
+        self._reaper: LoopingCall | None = None
         self._buffers: dict[int, bytes] = {1: b"", 2: b"", STATUS_FD: b""}
 
     def makeConnection(self, transport: Any) -> None:
@@ -159,7 +161,22 @@ class _WorkerProcess(ProcessProtocol):
         else:
             self.supervisor.relayLine(self, record)
 
+    def childConnectionLost(self, childFD: int) -> None:
+        """
+        The worker closed its status pipe: it is ending. Look for its end
+        until it is found, rather than trust the reactor to hear every
+        C{SIGCHLD} (asyncio's reactor on uvloop misses some).
+        """
+        if childFD == STATUS_FD and not self.ended.called:
+            from twisted.internet.process import reapAllProcesses
+
+            self._reaper = LoopingCall(reapAllProcesses)
+            self._reaper.clock = self.supervisor.reactor
+            self._reaper.start(0.1, now=False)
+
     def processEnded(self, reason: Failure) -> None:
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
         for childFD, rest in self._buffers.items():
             if rest.strip():
                 self._received(childFD, rest)
@@ -195,6 +212,17 @@ class _HoldingDatagrams(DatagramProtocol):
     """
 
     noisy = False
+
+
+def _hold(port: Any) -> None:
+    """
+    Keep a listening socket for the workers: never accept on it, and when
+    closing it, only close it (as Twisted does for adopted sockets): a
+    C{shutdown()} would stop every worker's copy from accepting.
+    """
+    port.stopReading()
+    if hasattr(port, "_shouldShutdown"):
+        port._shouldShutdown = False
 
 
 class Supervisor(MultiService):
@@ -257,19 +285,25 @@ class Supervisor(MultiService):
                     )
                 listener.setServiceParent(self)
 
-    @staticmethod
-    def _twistd(config: Any) -> list[str]:
-        command = [
-            sys.executable,
-            "-c",
-            "from twisted.scripts.twistd import run; run()",
-            "--nodaemon",
-            "--pidfile=",
-            "--logger=netd.worker.workerLogObserver",
-        ]
+    def _twistd(self, config: Any) -> list[str]:
+        """
+        The worker's command line up to C{netd}: twistd, run by this
+        Python, on the reactor the parent runs (C{--reactor}, or asyncio's
+        on a uvloop loop, which no C{--reactor} name selects).
+        """
+        start = "from twisted.scripts.twistd import run; run()"
+        loop = getattr(self.reactor, "_asyncioEventloop", None)
+        uvloop = type(loop).__module__.split(".")[0] == "uvloop"
+        if uvloop:
+            start = (
+                "import uvloop; from twisted.internet import asyncioreactor; "
+                "asyncioreactor.install(uvloop.new_event_loop()); " + start
+            )
+        command = [sys.executable, "-c", start, "--nodaemon", "--pidfile="]
+        command.append("--logger=netd.worker.workerLogObserver")
         twistdOptions = getattr(config, "parent", None)
         reactorName = twistdOptions.get("reactor") if twistdOptions else None
-        if reactorName:
+        if reactorName and not uvloop:
             command.append(f"--reactor={reactorName}")
         return [*command, "netd"]
 
@@ -282,10 +316,7 @@ class Supervisor(MultiService):
         """
         super().privilegedStartService()
         for listener in self:
-            if listener.port is not None:
-                listener.port.stopReading()
-            else:
-                listener.whenListening().addCallback(lambda port: port.stopReading())
+            listener.whenListening().addCallback(_hold)
 
     def startService(self) -> None:
         """

@@ -196,6 +196,35 @@ class WorkerTests(SynchronousTestCase):
         self.assertRaises(StartupError, worker.streamEndpoint, "echo", description)
 
 
+class HoldingTests(TestCase):
+    """
+    The parent holds the listening sockets for its workers.
+    """
+
+    @defer.inlineCallbacks
+    def test_closedNotShutDown(self) -> defer.Generator:
+        """
+        The parent never accepts on its sockets, and when it lets them go it
+        closes its copy only: a worker's copy still listens.
+        """
+        options = Options(services=[echo])
+        options.parseOptions(["--workers", "2", "--echo", "tcp:0:interface=127.0.0.1"])
+        supervisor = Supervisor(options, _reactor, _streamEndpoint, handleSignals=False)
+        supervisor.privilegedStartService()
+        [listener] = list(supervisor)
+        workersCopy = socket.socket(fileno=os.dup(listener.port.fileno()))
+        self.addCleanup(workersCopy.close)
+        address = workersCopy.getsockname()
+        yield listener.stopService()
+        self.assertEqual(
+            workersCopy.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1
+        )
+        with socket.create_connection(address, timeout=5) as client:
+            accepted, _ = workersCopy.accept()
+            accepted.close()
+            self.assertEqual(client.recv(1), b"")
+
+
 class RelayTests(SynchronousTestCase):
     """
     A worker's log events reach the parent's log as the parent's, tagged.
