@@ -714,6 +714,24 @@ class WorkersTests(TestCase):
         self.assertEqual(seen, {1, 2})
 
     @defer.inlineCallbacks
+    def test_orphansStop(self) -> defer.Generator:
+        """
+        Workers whose parent was killed (and so could not stop them) stop
+        by themselves.
+        """
+        netd = yield runNetd(
+            self, *TWO_ECHO, "--echo", "tcp:0:interface=127.0.0.1", listeners=1
+        )
+        yield waitForOutput(netd, "worker ready: ", count=2)
+        pids = list(workerPids(netd).values())
+        self.assertTrue(all(_alive(pid) for pid in pids))
+        self.addCleanup(_killAlive, pids)
+        netd.signal("KILL")
+        yield netd.ended
+        gone = waitUntil(lambda: not any(_alive(pid) for pid in pids))
+        yield gone.addTimeout(30, _reactor)
+
+    @defer.inlineCallbacks
     def test_socketActivation(self) -> defer.Generator:
         """
         Under C{systemd-socket-activate} (a TCP and a UDP socket, by name)
@@ -774,3 +792,12 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _killAlive(pids: list[int]) -> None:
+    """
+    Kill those of C{pids} (this test's own workers) still running.
+    """
+    for pid in pids:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
