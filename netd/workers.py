@@ -428,6 +428,9 @@ class Supervisor(MultiService):
         if fields.get("READY") != "1":
             return
         worker.status = fields.get("STATUS", "")
+        if not worker.ready and self._announced and not self.stopping:
+            # A restarted worker: the service manager hears that all is well.
+            self.notifier.notify(STATUS=self.status)
         worker.ready = True
         if worker.reloading:
             worker.reloading = False
@@ -496,6 +499,10 @@ class Supervisor(MultiService):
         self._restarts[worker.index] = self.reactor.callLater(
             delay, self._spawn, worker.index
         )
+        if self._announced:
+            self.notifier.notify(
+                STATUS=f"worker {worker.index} {how}, restarting; {self.status}"
+            )
         self._checkReady()
 
     # Reload

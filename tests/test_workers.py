@@ -689,7 +689,7 @@ class WorkersTests(TestCase):
         A worker killed is restarted by the parent, which logs it; service
         goes on meanwhile, and the new worker serves.
         """
-        netd = yield runNetd(
+        netd, notify = yield runNetdNotifying(
             self,
             "--workers",
             "2",
@@ -697,9 +697,7 @@ class WorkersTests(TestCase):
             "daytime",
             "--daytime",
             "tcp:0:interface=127.0.0.1",
-            listeners=1,
         )
-        yield waitForOutput(netd, "worker ready: ", count=2)
         victim = workerPids(netd)[1]
         os.kill(victim, signal.SIGKILL)
         output = yield waitForOutput(netd, "worker 1 started: pid", count=2)
@@ -710,6 +708,11 @@ class WorkersTests(TestCase):
         self.assertRegex((yield exchange(endpoint)), rb"\d\d:\d\d:\d\d")
         yield waitForOutput(netd, "[worker 1] worker ready: ", count=2)
         self.assertNotEqual(workerPids(netd)[1], victim)
+        restarting = yield notify.received("STATUS", 2)
+        self.assertTrue(restarting["STATUS"].startswith("worker 1 ended by signal 9"))
+        healed = yield notify.received("STATUS", 3)
+        self.assertTrue(healed["STATUS"].startswith("listening on daytime TCP"))
+        self.assertEqual(notify.keys(), ["READY", "STATUS", "STATUS"])
         seen = yield daytimeUntilEveryWorker(self, netd, 2)
         self.assertEqual(seen, {1, 2})
 
