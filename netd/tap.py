@@ -307,7 +307,8 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
         and then start-up errors are reported to the operator as one line,
-        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}.
+        C{SIGHUP} reloads, readiness goes to C{$NOTIFY_SOCKET}, and
+        C{--workers} runs workers (with another reactor, one process).
     @raise StartupError: when an endpoint cannot be built.
     """
     handleSignals = reactor is None
@@ -318,24 +319,17 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
-    worker = None
+    worker, notifier = None, None
     if handleSignals:
         worker = Worker.fromEnvironment(reactor, _streamEndpoint)
+        notifier = Notifier.fromEnvironment() if worker is None else worker.notifier
         if worker is None and config["workers"] > 1:
-            return Supervisor(
-                config, reactor, _streamEndpoint, Notifier.fromEnvironment()
-            )
+            return Supervisor(config, reactor, _streamEndpoint, notifier)
     netd = NetdService(
         reactor,
         {"grace": config["grace"]},
         reread=config.reread if worker is None else worker.reread(config.reread),
-        notifier=(
-            worker.notifier
-            if worker is not None
-            else Notifier.fromEnvironment()
-            if handleSignals
-            else None
-        ),
+        notifier=notifier,
         handleSignals=handleSignals,
     )
     if worker is not None:
