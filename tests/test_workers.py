@@ -347,7 +347,7 @@ def servedBy(netd: Any, service: str) -> dict[int, int]:
 
 @defer.inlineCallbacks
 def daytimeUntilEveryWorker(
-    testCase: TestCase, netd: Any, workers: int, batches: int = 10, size: int = 8
+    testCase: TestCase, netd: Any, workers: int, batches: int = 20, size: int = 8
 ) -> defer.Generator:
     """
     Ask daytime in batches of concurrent connections until connections of
@@ -561,7 +561,7 @@ class WorkersTests(TestCase):
         # Both workers serve, and every connection gets the new prefix.
         before = set(servedBy(netd, "echo"))
         seen: set[int] = set()
-        for batch in range(1, 11):
+        for batch in range(1, 21):
             replies = yield defer.gatherResults(
                 [exchange(endpoint, b"two") for _ in range(8)]
             )
@@ -777,7 +777,7 @@ class WorkersTests(TestCase):
         ready = yield notify.received("READY")
         self.assertIn("with 2 workers", ready["STATUS"])
         endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", streamPort)
-        for batch in range(1, 11):
+        for batch in range(1, 21):
             replies = yield defer.gatherResults(
                 [exchange(endpoint, b"plain") for _ in range(8)]
             )
