@@ -13,7 +13,7 @@ SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-anal
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd \
 	ntpsec-ntpdate xinetd util-linux iproute2 socat
 
-.PHONY: run test trial lint lock man sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint lock man sysdeps python2 bench-deps bench bench-quick bench-echo bench-workers bench-objects bench-getfile clean
 
 # Installed with the versions CI tested (constraints.txt; `make lock` renews it).
 $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
@@ -100,6 +100,9 @@ python2:
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<
 
+bench/connload: bench/connload.c
+	$(CC) -O2 -Wall -o $@ $<
+
 ## bench: netd beside bare Twisted, asyncio, uvloop, xinetd and the stdlib on
 ## every load, one markdown table (~8 min; ARGS=... e.g. --netd 'w2=--workers 2')
 bench: $(VENV)/.installed bench-deps bench/echoload
@@ -121,6 +124,10 @@ bench-objects: $(VENV)/.installed
 bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
+## bench-workers: --workers 1 beside --workers 2 (echo C=64, daytime connect rate)
+bench-workers: $(VENV)/.installed bench/echoload bench/connload
+	$(BIN)/python bench/workers_bench.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) $(VENV)-lock _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
+	rm -rf $(VENV) $(VENV)-lock _trial_temp* build dist *.egg-info bench/echoload bench/connload bench/results-latest.md
 	find . -name dropin.cache -delete

@@ -44,12 +44,14 @@ from netd.serviceoptions import (
     resolveServiceOptions,
 )
 from netd.systemd import Notifier, familyMismatch, inheritedNames
+from netd.worker import Worker
+from netd.workers import Supervisor, resolveWorkers
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).
 POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
 _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
-_GLOBAL_KEYS = frozenset({"services", "grace", "metrics", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset({"services", "grace", "metrics", "workers", *POLICY_KEYS})
 
 
 class Options(usage.Options):
@@ -118,6 +120,14 @@ class Options(usage.Options):
             None,
             "Serve Prometheus metrics at /metrics on this stream endpoint, "
             "e.g. tcp:9109:interface=127.0.0.1 [default: off].",
+        ],
+        [
+            "workers",
+            None,
+            None,
+            "Worker processes serving the same listeners under one supervising "
+            "parent [default: 1: no parent, one process].",
+            int,
         ],
     ]
 
@@ -214,6 +224,13 @@ class Options(usage.Options):
                 f"--metrics needs a stream endpoint, not {self['metrics']!r}"
             )
 
+        self["workers"] = resolveWorkers(self["workers"], fileConfig)
+        if self["metrics"] is not None and self["workers"] > 1:
+            raise usage.UsageError(
+                "--metrics cannot be combined with --workers above 1 yet: each "
+                f"worker would count alone (--workers {self['workers']}, "
+                f"--metrics {self['metrics']!r})"
+            )
         chosen = chooseServices(self["services"], fileConfig, self.available)
         self["services"] = chosen
         self["serviceOptions"] = {}
@@ -321,15 +338,18 @@ def _reportStartupErrors(previous: Any) -> Any:
     return hook
 
 
-def makeService(config: Options, reactor: Any = None) -> NetdService:
+def makeService(config: Options, reactor: Any = None) -> NetdService | Supervisor:
     """
     Build netd: one listener service per endpoint of every chosen service,
-    under a L{NetdService} that handles readiness, reload and graceful stop.
+    under a L{NetdService} that handles readiness, reload and graceful stop;
+    with C{--workers} above 1, the L{Supervisor} of that many workers, each
+    of which builds netd again (L{netd.workers}).
 
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
         and then start-up errors are reported to the operator as one line,
-        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}.
+        C{SIGHUP} reloads, readiness goes to C{$NOTIFY_SOCKET}, and
+        C{--workers} runs workers (with another reactor, one process).
     @raise StartupError: when an endpoint cannot be built.
     """
     handleSignals = reactor is None
@@ -340,15 +360,23 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
+    worker, notifier = None, None
+    if handleSignals:
+        worker = Worker.fromEnvironment(reactor, _streamEndpoint)
+        notifier = Notifier.fromEnvironment() if worker is None else worker.notifier
+        if worker is None and config["workers"] > 1:
+            return Supervisor(config, reactor, _streamEndpoint, notifier)
     metrics = PrometheusMetrics(reactor) if config["metrics"] else NO_METRICS
     netd = NetdService(
         reactor,
         {"grace": config["grace"], "metrics": config["metrics"]},
-        reread=config.reread,
-        notifier=Notifier.fromEnvironment() if handleSignals else None,
+        reread=config.reread if worker is None else worker.reread(config.reread),
+        notifier=notifier,
         handleSignals=handleSignals,
         metrics=metrics,
     )
+    if worker is not None:
+        worker.start(config)
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         serviceMetrics = metrics.service(service.name)
@@ -370,9 +398,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 protocol = PolicedDatagramProtocol(
                     service.name, protocol, running.policy, reactor, datagramMetrics
                 )
-                listener: Any = DatagramListener(
-                    service.name, description, reactor, protocol
-                )
+                listener: Any = (
+                    DatagramListener if worker is None else worker.datagramListener
+                )(service.name, description, reactor, protocol)
             else:
                 if running.factory is None:
                     running.factory = ConnectionLoggingFactory(
@@ -386,7 +414,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 listener = StreamListener(
                     service.name,
                     description,
-                    _streamEndpoint(service.name, description, reactor),
+                    _streamEndpoint(service.name, description, reactor)
+                    if worker is None
+                    else worker.streamEndpoint(service.name, description),
                     policed
                     if metrics is NO_METRICS
                     else ListenerFactory(
