@@ -100,6 +100,16 @@ def content(root: str, name: str) -> bytes:
         return stream.read()
 
 
+def makeLinkChain(directory: str, prefix: str, length: int, target: str) -> None:
+    """
+    Make C{PREFIX0} -> C{PREFIX1} -> ... -> C{PREFIX<length-1>} -> C{target}
+    in C{directory}.
+    """
+    for index in range(length):
+        following = f"{prefix}{index + 1}" if index + 1 < length else target
+        os.symlink(following, os.path.join(directory, f"{prefix}{index}"))
+
+
 ESCAPES = [
     "..",
     "../top-secret",
@@ -366,6 +376,70 @@ class ConfinedRootTests(SynchronousTestCase):
         with self.assertRaises(RequestRefused) as raised:
             self.confined.openFile("text.txt")
         self.assertEqual(raised.exception.code, 403)
+
+    def test_longLinkChain(self) -> None:
+        """
+        A chain of 1,200 symbolic links (deeper than Python's recursion
+        limit) is refused with 403, not a L{RecursionError}.
+        """
+        makeLinkChain(self.root, "chain", 1200, "text.txt")
+        with self.assertRaises(RequestRefused) as raised:
+            self.confined.openFile("chain0")
+        self.assertEqual(raised.exception.code, 403)
+        self.assertIn("symbolic links", raised.exception.reason)
+
+    def test_linkLoop(self) -> None:
+        """
+        Links that lead to each other are refused with 403, and a path
+        through them with 403 or 404.
+        """
+        os.symlink("loop-b", os.path.join(self.root, "loop-a"))
+        os.symlink("loop-a", os.path.join(self.root, "loop-b"))
+        os.symlink("loop-a/x", os.path.join(self.root, "loop-through"))
+        for name, codes in (("loop-a", (403,)), ("loop-through", (403, 404))):
+            with self.assertRaises(RequestRefused, msg=name) as raised:
+                self.confined.openFile(name)
+            self.assertIn(raised.exception.code, codes, name)
+
+    def test_linkReplacedWhileResolved(self) -> None:
+        """
+        A link replaced by a regular file between resolving's C{lstat} and
+        its C{readlink} (C{EINVAL}) is refused with 403; one removed
+        meanwhile (C{ENOENT}) with 404.
+        """
+        link = os.path.join(self.root, "racing")
+        realLstat = os.lstat
+
+        for replace, code in ((self.replaceByFile, 403), (os.unlink, 404)):
+            os.symlink("text.txt", link)
+            raced: list[str] = []
+
+            def lstat(
+                path: Any,
+                *args: Any,
+                raced: list[str] = raced,
+                replace: Any = replace,
+                **kwargs: Any,
+            ) -> Any:
+                result = realLstat(path, *args, **kwargs)
+                if path == link and not raced:
+                    raced.append(path)
+                    replace(link)
+                return result
+
+            self.patch(os, "lstat", lstat)
+            with self.assertRaises(RequestRefused) as raised:
+                self.confined.openFile("racing")
+            self.assertEqual(raced, [link])
+            self.assertEqual(raised.exception.code, code)
+            if os.path.lexists(link):
+                os.unlink(link)
+
+    @staticmethod
+    def replaceByFile(path: str) -> None:
+        os.unlink(path)
+        with open(path, "wb") as stream:
+            stream.write(b"now a file")
 
     @settings(max_examples=200, deadline=None)
     @given(
@@ -751,6 +825,32 @@ class ProtocolTests(SynchronousTestCase):
         ]
         self.assertEqual(event["path"], "../top-secret")
         self.assertIn("403", event["outcome"])
+
+    def test_linkTroubleLoggedOnce(self) -> None:
+        """
+        A 1,200-link chain and a loop get C{ERR 403} (the book form: a close
+        without a byte) and one log line each, never a traceback.
+        """
+        makeLinkChain(self.root, "chain", 1200, "text.txt")
+        os.symlink("loop-b", os.path.join(self.root, "loop-a"))
+        os.symlink("loop-a", os.path.join(self.root, "loop-b"))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for name in (b"chain0", b"loop-a"):
+            for form, expected in (
+                (b"GETFILE/1 0 ", b"ERR 403 forbidden\n"),
+                (b"", b""),
+            ):
+                del events[:]
+                proto, transport = self.connect()
+                proto.dataReceived(form + name + b"\n")
+                self.assertEqual(transport.value(), expected)
+                self.assertTrue(transport.disconnecting)
+                proto.connectionLost(None)
+                self.assertEqual(len(events), 1, events)
+                self.assertNotIn("log_failure", events[0])
+                self.assertIn("403", events[0]["outcome"])
 
 
 class FileTransferTests(SynchronousTestCase):
