@@ -62,6 +62,13 @@ def clientAddress(host: str) -> Address | None:
     return address
 
 
+#: Who may send a PROXY header by default: this host only.
+DEFAULT_TRUSTED_PROXIES: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """
@@ -74,6 +81,8 @@ class PolicySettings:
         address (0: no limit).
     @ivar idleTimeout: seconds without a byte either way after which a
         connection is closed (0: never).
+    @ivar trustedProxies: the ranges a PROXY header is believed from, on
+        C{haproxy:} endpoints (see L{netd.proxyheader}).
     """
 
     allow: tuple[Network, ...] = field(default=())
@@ -81,6 +90,7 @@ class PolicySettings:
     maxConnections: int = 0
     maxPerSource: int = 0
     idleTimeout: float = 0.0
+    trustedProxies: tuple[Network, ...] = DEFAULT_TRUSTED_PROXIES
 
     def refusal(self, address: Address | None) -> str | None:
         """

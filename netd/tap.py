@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
+from netd.budgets import MIN_PER_SOURCE, perSourceShare
 from netd.config import configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -27,6 +28,7 @@ from netd.listeners import (
 )
 from netd.plugin import INetdService, discoverServices
 from netd.policy import (
+    DEFAULT_TRUSTED_PROXIES,
     PolicedDatagramProtocol,
     Policy,
     PolicyFactory,
@@ -44,8 +46,20 @@ from netd.systemd import Notifier, familyMismatch, inheritedNames
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).
-POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
-_POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
+POLICY_KEYS = (
+    "allow",
+    "deny",
+    "max-connections",
+    "max-per-source",
+    "idle-timeout",
+    "trusted-proxy",
+)
+#: max-per-source: None is a share of max-connections (L{perSourceShare}).
+_POLICY_DEFAULTS = {
+    "max-connections": 1000,
+    "max-per-source": None,
+    "idle-timeout": 300.0,
+}
 _GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
 
 
@@ -84,7 +98,8 @@ class Options(usage.Options):
             None,
             None,
             "Most connections open at once to each service from one client "
-            "address, 0 for no limit [default: 0].",
+            "address, 0 for no limit [default: a tenth of --max-connections, "
+            f"at least {MIN_PER_SOURCE}].",
             int,
         ],
         [
@@ -125,6 +140,7 @@ class Options(usage.Options):
         self["endpoints"] = {service.name: [] for service in self.available}
         self["allow"] = []
         self["deny"] = []
+        self["trusted-proxy"] = []
         for service in self.available:
             for key in repeatableKeys(service):
                 self[key] = []
@@ -152,6 +168,11 @@ class Options(usage.Options):
     def opt_deny(self, cidr: str) -> None:
         """Clients in this range may not connect, even if allowed (repeatable)"""
         self["deny"].append(cidr)
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        """Believe PROXY headers (haproxy: endpoints) only from this range
+        (repeatable) [default: 127.0.0.0/8 and ::1]"""
+        self["trusted-proxy"].append(cidr)
 
     def reread(self) -> Options:
         """
@@ -240,13 +261,21 @@ class Options(usage.Options):
                 if value is None and key in level:
                     value = configValue(prefix + key, level[key], coerce)
             value = _POLICY_DEFAULTS[key] if value is None else value
-            if value < 0:
+            if value is not None and value < 0:
                 raise usage.UsageError(f"{key} must not be negative, not {value!r}")
             values[key] = value
+        if values["max-per-source"] is None:
+            values["max-per-source"] = perSourceShare(values["max-connections"])
         allow = self["allow"]
         for prefix, level in reversed(levels):
             if not allow and "allow" in level:
                 allow = configStrings(prefix + "allow", level["allow"])
+        trusted = self["trusted-proxy"]
+        for prefix, level in reversed(levels):
+            if not trusted and "trusted-proxy" in level:
+                trusted = configStrings(
+                    prefix + "trusted-proxy", level["trusted-proxy"]
+                )
         deny = list(self["deny"])
         for prefix, level in levels:
             if "deny" in level:
@@ -257,6 +286,11 @@ class Options(usage.Options):
             maxConnections=values["max-connections"],
             maxPerSource=values["max-per-source"],
             idleTimeout=values["idle-timeout"],
+            trustedProxies=(
+                tuple(_networks("trusted-proxy", trusted))
+                if trusted
+                else DEFAULT_TRUSTED_PROXIES
+            ),
         )
 
 

@@ -36,7 +36,9 @@ def isPrivateEndpoint(description: str) -> bool:
     a listener on C{description}: a loopback C{interface=}, a UNIX socket,
     or netd's C{tls:} endpoint with C{clientCA=} (mutual TLS).
     For C{systemd:}, the address of the socket the service manager handed
-    over decides; unknown endpoint types count as public.
+    over decides; unknown endpoint types count as public, and so does any
+    C{haproxy:} endpoint, whatever it listens on: its clients are the
+    proxy's, which are never only this host's.
     """
     from netd.listeners import _splitEndpoint
 
@@ -45,7 +47,7 @@ def isPrivateEndpoint(description: str) -> bool:
     if kind == "unix":
         return True
     if kind == "haproxy":
-        return isPrivateEndpoint(description.split(":", 1)[1])
+        return False
     keywords = dict(argument.split("=", 1) for argument in arguments if "=" in argument)
     positional = [argument for argument in arguments if "=" not in argument]
     if kind == "tls" and keywords.get("clientCA"):
@@ -145,6 +147,13 @@ class ObjectsService(ServicePlugin):
         ):
             return
         for description in endpoints:
+            if description.lower().startswith("haproxy:"):
+                raise UsageError(
+                    f"objects on {description!r} would serve clients of a proxy "
+                    "(never local ones) without an authkey: give "
+                    f"--objects-authkey-file (or ${AUTHKEY_VARIABLE}), or "
+                    "--objects-dangerously-allow-unauthenticated"
+                )
             if not isPrivateEndpoint(description):
                 raise UsageError(
                     f"objects would listen beyond loopback on {description!r} "
