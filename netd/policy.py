@@ -211,6 +211,8 @@ class PolicyFactory(WrappingFactory):
     protocol = PolicedConnection
     noisy = False
     log = Logger()
+    #: The L{netd.budgets.DescriptorBudget} shared by every service, if any.
+    budget: Any = None
 
     def __init__(
         self, serviceName: str, wrappedFactory: Any, policy: Policy, clock: Any
@@ -251,6 +253,8 @@ class PolicyFactory(WrappingFactory):
             and 0 < settings.maxPerSource <= self.perSource.get(source, 0)
         ):
             reason = f"already {self.perSource[source]} connections from there"
+        if reason is None and self.budget is not None:
+            reason = self.budget.refusal(self.serviceName)
         return reason
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -275,11 +279,15 @@ class PolicyFactory(WrappingFactory):
 
     def registerProtocol(self, p: Any) -> None:
         super().registerProtocol(p)
+        if self.budget is not None:
+            self.budget.opened(self.serviceName)
         if p.source is not None:
             self.perSource[p.source] = self.perSource.get(p.source, 0) + 1
 
     def unregisterProtocol(self, p: Any) -> None:
         super().unregisterProtocol(p)
+        if self.budget is not None:
+            self.budget.closed(self.serviceName)
         if p.source is not None:
             left = self.perSource.pop(p.source) - 1
             if left:

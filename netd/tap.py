@@ -14,9 +14,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
-from netd.budgets import MIN_PER_SOURCE, perSourceShare
+from netd.budgets import (
+    MIN_PER_SOURCE,
+    DescriptorBudget,
+    descriptorBudget,
+    listenBacklog,
+    perSourceShare,
+    raiseDescriptorLimit,
+    withBacklog,
+)
 from netd.config import configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -346,6 +355,8 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         notifier=Notifier.fromEnvironment() if handleSignals else None,
         handleSignals=handleSignals,
     )
+    budget = _descriptorBudget(config, raiseLimit=handleSignals)
+    backlog = listenBacklog()
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         running = RunningService(
@@ -374,36 +385,89 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                     policed = PolicyFactory(
                         service.name, running.factory, running.policy, reactor
                     )
+                    policed.budget = budget
                 listener = StreamListener(
                     service.name,
                     description,
-                    _streamEndpoint(service.name, description, reactor),
+                    _streamEndpoint(service.name, description, reactor, backlog),
                     policed,
                 )
             listener.setServiceParent(netd)
     return netd
 
 
-def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
+def _descriptorBudget(config: Options, raiseLimit: bool) -> DescriptorBudget:
+    """
+    Raise the descriptor limit (when C{raiseLimit}) and split it between
+    the stream services (L{netd.budgets.DescriptorBudget}); log the figures
+    in one line, a warning when the connection limits do not all fit.
+
+    @raise StartupError: when the limit is too low for every service to be
+        guaranteed a few connections.
+    """
+    import resource
+
+    if raiseLimit:
+        before, limit, problem = raiseDescriptorLimit()
+    else:
+        limit = before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        problem = None
+    services = config["services"]
+    streams = {
+        service.name: config["policies"][service.name].maxConnections
+        for service in services
+        if not all(map(isDatagramEndpoint, config["endpoints"][service.name]))
+    }
+    extra = 0
+    for service in services:
+        extraDescriptors = getattr(service, "extraDescriptors", None)
+        if extraDescriptors is not None:
+            extra += extraDescriptors(config["serviceOptions"][service.name])
+    listeners = sum(len(config["endpoints"][service.name]) for service in services)
+    budget = descriptorBudget(limit, listeners, extra, streams)
+    error = budget.check()
+    if error is not None:
+        raise StartupError(error)
+    if problem is not None:
+        raised = f"soft limit {limit} (not raised: {problem})"
+    elif before != limit:
+        raised = f"soft limit raised from {before} to {limit}"
+    else:
+        raised = f"limit {limit}"
+    emit = _log.info if budget.fits() else _log.warn
+    emit("descriptors: {raised}; {budget}", raised=raised, budget=budget.describe())
+    return budget
+
+
+_log = Logger()
+
+
+def _streamEndpoint(
+    serviceName: str, description: str, reactor: Any, backlog: int = 0
+) -> Any:
     """
     Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
     reader (L{netd.proxyheader}), which hands the service the real client,
     and C{tls:} is always netd's (Twisted registers a C{tls:} of its own).
+
+    @param backlog: the listen backlog for endpoints that do not set one
+        (L{netd.budgets.withBacklog}); 0 leaves them Twisted's.
     """
     kind, _, inner = description.partition(":")
     kind = kind.lower()
+    listening = withBacklog(description, backlog) if backlog else description
     try:
         if kind == "haproxy":
             from netd.proxyheader import ProxiedEndpoint
 
             return ProxiedEndpoint(
-                _streamEndpoint(serviceName, inner, reactor), reactor
+                _streamEndpoint(serviceName, inner, reactor, backlog), reactor
             )
         if kind == "tls":
             from netd.tls import parseTLSEndpoint
 
-            return parseTLSEndpoint(reactor, description)
-        endpoint = serverFromString(reactor, description)
+            return parseTLSEndpoint(reactor, listening)
+        endpoint = serverFromString(reactor, listening)
     except StartupError:
         raise
     except Exception as error:

@@ -75,6 +75,13 @@ class GetFileService(ServicePlugin):
                 f"not {options['max-transfers']!r}"
             )
 
+    def extraDescriptors(self, options: Mapping[str, Any]) -> int:
+        """
+        Descriptors beyond its connections getfile may hold: the file and a
+        duplicate of the socket (for C{os.sendfile}) of each transfer.
+        """
+        return 2 * int(options["max-transfers"])
+
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         """
         Build the factory for the root, which must be a readable directory.
