@@ -2,7 +2,8 @@
 """
 The objects service's plugin: C{--objects}, C{--objects-authkey-file},
 C{--objects-handler}, C{--objects-allow}, C{--objects-max-bytes},
-C{--objects-max-pending}, C{--objects-threads} and
+C{--objects-max-pending}, C{--objects-threads},
+C{--objects-handshake-timeout} and
 C{--objects-dangerously-allow-unauthenticated}.
 
 The authkey comes from a file or the environment variable
@@ -112,6 +113,13 @@ class ObjectsService(ServicePlugin):
         ["max-bytes", None, 8 * 1024 * 1024, "Largest request frame in bytes.", int],
         ["max-pending", None, 16, "Requests in progress per connection.", int],
         ["threads", None, 0, "Run requests in a pool of this many threads.", int],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a client has to finish the authkey handshake, 0 for no limit.",
+            float,
+        ],
     ]
     optFlags = [
         [
@@ -131,6 +139,11 @@ class ObjectsService(ServicePlugin):
                 raise UsageError(
                     f"--objects-{name} must be at least {least}, not {options[name]!r}"
                 )
+        if not 0 <= options["handshake-timeout"] < float("inf"):
+            raise UsageError(
+                "--objects-handshake-timeout must not be negative, "
+                f"not {options['handshake-timeout']!r}"
+            )
         handler = options["handler"]
         if handler not in ("echo", "add"):
             _checkName("--objects-handler (echo, add or MODULE:CALLABLE)", handler)
@@ -185,7 +198,7 @@ class ObjectsService(ServicePlugin):
         if options["threads"]:
             reactor.suggestThreadPoolSize(options["threads"])
             threadPool = reactor.getThreadPool()
-        return ObjectsFactory(
+        factory = ObjectsFactory(
             reactor,
             handler=handler,
             authkey=readAuthkey(options["authkey-file"]),
@@ -194,6 +207,8 @@ class ObjectsService(ServicePlugin):
             maxPending=options["max-pending"],
             threadPool=threadPool,
         )
+        factory.handshakeTimeout = options["handshake-timeout"]
+        return factory
 
 
 def readAuthkey(path: str | None) -> bytes | None:
