@@ -8,10 +8,12 @@ TRIAL_ARGS ?= -j2
 
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
-SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze
-SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd
+SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze \
+	ntpdig ntpdate xinetd unshare nsenter ip
+SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd \
+	ntpsec-ntpdate xinetd util-linux iproute2
 
-.PHONY: run test trial lint sysdeps bench bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,19 +21,26 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,lint,bench]' --config-settings editable_mode=compat
 	touch $@
 
+# The third-party service example, installed as a package of its own (not
+# editable): the tests prove that netd serves it with no change to netd.
+EXAMPLES := $(wildcard examples/qotd/pyproject.toml examples/qotd/netd_qotd/*.py examples/qotd/twisted/plugins/*.py)
+$(VENV)/.examples: $(VENV)/.installed $(EXAMPLES)
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps ./examples/qotd
+	touch $@
+
 ## run: netd in the foreground with its defaults (extra options in ARGS=...)
 run: $(VENV)/.installed
-	$(BIN)/twistd --nodaemon --pidfile= netd $(ARGS)
+	$(BIN)/python -m netd.devrun --getfile-root examples/files $(ARGS)
 
 ## test: lint, then the whole trial suite
-test: $(VENV)/.installed sysdeps lint trial
+test: $(VENV)/.installed $(VENV)/.examples sysdeps python2 lint trial
 
-trial: $(VENV)/.installed
+trial: $(VENV)/.installed $(VENV)/.examples
 	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check netd tests bench twisted
-	$(BIN)/ruff format --check netd tests bench twisted
+	$(BIN)/ruff check netd tests bench twisted examples
+	$(BIN)/ruff format --check netd tests bench twisted examples
 	$(BIN)/mypy
 
 sysdeps:
@@ -41,18 +50,46 @@ sysdeps:
 	    echo "installing system packages for:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else \
-	    echo "missing commands the tests need:$$missing (install: $(SYSTEM_PACKAGES))" >&2; exit 1; \
+	    echo "missing commands:$$missing (install: $(SYSTEM_PACKAGES))" >&2; exit 1; \
 	  fi; \
+	fi
+
+# The benchmark's peers from the system (xinetd's internal services), and the
+# C compiler for bench/echoload.
+BENCH_COMMANDS := xinetd cc taskset
+BENCH_PACKAGES := xinetd gcc libc6-dev util-linux
+
+# Without root (or apt-get) it names what is missing, and the suite skips
+# xinetd's row.
+bench-deps:
+	-@$(MAKE) --no-print-directory sysdeps SYSTEM_COMMANDS="$(BENCH_COMMANDS)" \
+	  SYSTEM_PACKAGES="$(BENCH_PACKAGES)"
+# Python 2.7, whose multiprocessing client the objects tests drive: pyenv's,
+# or python2.7 on PATH, or installed with pyenv (Debian 12 has no python2.7).
+PYENV_ROOT ?= $(HOME)/.pyenv
+PYENV := $(or $(shell command -v pyenv),$(wildcard $(PYENV_ROOT)/bin/pyenv))
+
+python2:
+	@if ls $(PYENV_ROOT)/versions/2.7.*/bin/python2.7 >/dev/null 2>&1 || command -v python2.7 >/dev/null; then :; \
+	elif [ -n "$(PYENV)" ]; then \
+	  echo "installing Python 2.7.18 with pyenv, for the Python 2 client tests"; \
+	  PYENV_ROOT=$(PYENV_ROOT) $(PYENV) install -s 2.7.18 \
+	    || echo "*** NO PYTHON 2.7: pyenv could not build it; the Python 2 client tests will be SKIPPED ***" >&2; \
+	else \
+	  echo "*** NO PYTHON 2.7 and no pyenv to build it: the Python 2 client tests will be SKIPPED ***" >&2; \
 	fi
 
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<
 
-## bench: netd against its peers, side by side
-bench: $(VENV)/.installed bench/echoload
-	$(BIN)/python bench/echo_bench.py
-	$(BIN)/python bench/getfile_bench.py
-	$(BIN)/python bench/objects_bench.py
+## bench: netd beside bare Twisted, asyncio, uvloop, xinetd and the stdlib on
+## every load, one markdown table (~8 min; ARGS=... e.g. --netd 'w2=--workers 2')
+bench: $(VENV)/.installed bench-deps bench/echoload
+	$(BIN)/python bench/suite.py $(ARGS)
+
+## bench-quick: the same, shorter runs (~3 min)
+bench-quick: $(VENV)/.installed bench-deps bench/echoload
+	$(BIN)/python bench/suite.py --quick $(ARGS)
 
 ## bench-echo: echo only (C=1, C=64, bulk) against Twisted and asyncio peers
 bench-echo: $(VENV)/.installed bench/echoload
@@ -67,5 +104,5 @@ bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
 	find . -name dropin.cache -delete

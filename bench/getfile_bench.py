@@ -145,13 +145,20 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stopServer(self.process)
+
+
+def stopServer(process: subprocess.Popen[Any]) -> None:
+    """
+    Stop a server by its PID: SIGTERM, then SIGKILL after 10 s.
+    """
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def download(port: int, repeat: int, go: Any, results: Any) -> None:

@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROJECT = os.path.dirname(HERE)
@@ -152,10 +153,20 @@ def startStdlib() -> tuple[subprocess.Popen[str], int]:
     return server, int(server.stdout.readline())
 
 
-def measure(pid: int, port: int, clients: int, seconds: float) -> dict[str, float]:
+def measure(
+    pid: int,
+    port: int,
+    clients: int,
+    seconds: float,
+    cpu: Callable[[], float] | None = None,
+) -> dict[str, float]:
     """
     Drive a server with C{clients} lock-step connections for C{seconds}.
+
+    @param cpu: reads the server's CPU seconds so far (default: process
+        C{pid}'s own, without its children).
     """
+    serverCpu = cpu or (lambda: processCpu(pid))
     counts = [PER_PROCESS] * (clients // PER_PROCESS)
     if clients % PER_PROCESS:
         counts.append(clients % PER_PROCESS)
@@ -181,16 +192,16 @@ def measure(pid: int, port: int, clients: int, seconds: float) -> dict[str, floa
     ]
     while time.time() < start:
         time.sleep(0.001)
-    serverBefore = processCpu(pid)
+    serverBefore = serverCpu()
     while time.time() < end:
         time.sleep(0.01)
-    serverCpu = processCpu(pid) - serverBefore
+    used = serverCpu() - serverBefore
     results = [json.loads(proc.communicate()[0]) for proc in procs]
     done = sum(result["done"] for result in results)
     return {
         "rate": done / seconds,
         "clientCpu": 100 * sum(result["cpu"] for result in results) / seconds,
-        "serverCpu": 100 * serverCpu / seconds,
+        "serverCpu": 100 * used / seconds,
     }
 
 

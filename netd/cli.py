@@ -119,6 +119,15 @@ class Options(usage.Options):
             for name, path, description in getattr(service, "clientCommands", ())
         ]
 
+    def opt_version(self) -> None:
+        """
+        Print netd's version and exit.
+        """
+        from netd import __version__
+
+        sys.stdout.write(f"netd-client (netd) {__version__}\n")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         if self.subCommand is None:
             raise usage.UsageError(

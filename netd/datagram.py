@@ -106,19 +106,34 @@ class GuardedDatagramProtocol(DatagramProtocol):
         """
         raise NotImplementedError
 
+    def _drop(self, host: str, port: int) -> None:
+        self.dropped += 1
+        self._dropLog.emit(
+            self.log.info,
+            "{service} dropped a datagram from {host}:{port}",
+            service=self.serviceName,
+            host=host,
+            port=port,
+        )
+
+    def limitedReply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
+        """
+        The answer to a datagram from a source over its reply limit, or
+        L{None} (the default) for none; a protocol that sends one (SNTP's
+        Kiss-o'-Death) limits it itself.
+        """
+        return None
+
     def datagramReceived(self, data: bytes, address: Any) -> None:
         host, port = address[:2]
-        if port in self.reflectionPorts or not self.limiter.allow(host):
-            self.dropped += 1
-            self._dropLog.emit(
-                self.log.info,
-                "{service} dropped a datagram from {host}:{port}",
-                service=self.serviceName,
-                host=host,
-                port=port,
-            )
+        if port in self.reflectionPorts:
+            self._drop(host, port)
             return
-        answer = self.reply(data, address)
+        if self.limiter.allow(host):
+            answer = self.reply(data, address)
+        else:
+            self._drop(host, port)
+            answer = self.limitedReply(data, address)
         if answer is None:
             return
         try:

@@ -13,6 +13,7 @@ running services behind them, and handles netd's life as a daemon:
 
 from __future__ import annotations
 
+import platform
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+import twisted
+from netd import __version__
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import describeAddress
 from netd.plugin import IGracefulProtocol, INetdService
@@ -105,6 +108,19 @@ class NetdService(MultiService):
 
     # Readiness
 
+    def privilegedStartService(self) -> None:
+        """
+        Say which netd this is, then open every listener.
+        """
+        self.log.info(
+            "netd {version} starting (Python {python}, Twisted {twisted}, {reactor})",
+            version=__version__,
+            python=platform.python_version(),
+            twisted=twisted.__version__,
+            reactor=type(self.reactor).__name__,
+        )
+        super().privilegedStartService()
+
     def startService(self) -> None:
         """
         Start every listener, then tell the service manager that netd is
@@ -114,9 +130,20 @@ class NetdService(MultiService):
         if self.handleSignals:
             self._previousHangUp = signal.signal(signal.SIGHUP, self._hangUp)
         listening = [listener.whenListening() for listener in self]
-        gatherResults(listening, consumeErrors=True).addCallbacks(
-            self._ready, self._notReady
-        )
+
+        def announce() -> None:
+            gatherResults(listening, consumeErrors=True).addCallbacks(
+                self._ready, self._notReady
+            )
+
+        if self.handleSignals:
+            # twistd starts services before the reactor runs, and the
+            # reactor installs its SIGINT/SIGTERM handlers only when it
+            # runs: say ready no earlier, so that a stop asked for right
+            # after READY is not lost.
+            self.reactor.callWhenRunning(announce)
+        else:
+            announce()
 
     def _ready(self, ports: list[Any]) -> None:
         listeners = list(self)

@@ -147,9 +147,12 @@ class StreamListener(Service):
     Listen on one stream endpoint for one netd service.
 
     @ivar port: the L{IListeningPort} once listening, else L{None}.
+    @ivar note: what the listening line adds after the address, such as
+        getfile's root (L{netd.plugin.INetdService.listeningNote}).
     """
 
     log = Logger()
+    note = ""
 
     def __init__(
         self, serviceName: str, description: str, endpoint: Any, factory: Any
@@ -216,9 +219,10 @@ class StreamListener(Service):
     def _listened(self, port: IListeningPort) -> None:
         self.port = port
         self.log.info(
-            "{service} listening on {address}",
+            "{service} listening on {address}{note}",
             service=self.serviceName,
             address=describeAddress(port.getHost()),
+            note=f", {self.note}" if self.note else "",
         )
         observers, self._observers = self._observers, []
         for observer in observers:

@@ -54,6 +54,11 @@ class INetdService(Interface):
         "the service prefix; each gives a C{list[str]} (a list of strings in "
         "the config file). Optional: netd treats a missing one as empty."
     )
+    enabledByDefault = Attribute(
+        "C{bool}: whether the service runs when C{--services} names none "
+        "(optional, true when missing): a service that only some operators "
+        "want, such as chargen, sets it false and runs only when named."
+    )
     clientCommands = Attribute(
         "C{Sequence}: the service's C{netd-client} commands, each "
         "C{(name, 'module.OptionsClass', description)}, the class a "
@@ -100,6 +105,12 @@ class INetdService(Interface):
         Build a L{twisted.internet.protocol.DatagramProtocol} for one UDP
         endpoint (called once per endpoint: a datagram protocol is bound to
         one port).
+        """
+
+    def listeningNote(options: Mapping[str, Any]) -> str | None:
+        """
+        Optional: what the operator should read beside each of the service's
+        stream listening lines (getfile: C{serving /srv/files}), or L{None}.
         """
 
     def reconfigure(
@@ -166,6 +177,7 @@ class ServicePlugin:
     optParameters: Sequence[Sequence[Any]] = ()
     optFlags: Sequence[Sequence[Any]] = ()
     optRepeatable: Sequence[Sequence[Any]] = ()
+    enabledByDefault: bool = True
     clientCommands: Sequence[tuple[str, str, str]] = ()
 
     def validate(self, options: Mapping[str, Any]) -> None:
@@ -186,6 +198,12 @@ class ServicePlugin:
         files or pipes of its own.
         """
         return 0
+
+    def listeningNote(self, options: Mapping[str, Any]) -> str | None:
+        """
+        Nothing to add to the listening lines; override to say more.
+        """
+        return None
 
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         """

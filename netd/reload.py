@@ -7,12 +7,9 @@ restart, from freshly parsed options, and name what cannot.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.logger import Logger
-
-if TYPE_CHECKING:
-    from netd.lifecycle import NetdService, RunningService
 
 
 class Reload:
@@ -21,7 +18,12 @@ class Reload:
     each service's options and its access policy.
     """
 
-    def __init__(self, netd: NetdService, log: Logger) -> None:
+    def __init__(self, netd: Any, log: Logger) -> None:
+        """
+        @param netd: the running L{netd.lifecycle.NetdService}: its
+            listeners, C{served} services, C{settings} and C{liveSettings}.
+        @param log: where changes are logged.
+        """
         self.netd = netd
         self.log = log
 
@@ -100,7 +102,7 @@ class Reload:
                 )
 
     def _service(
-        self, running: RunningService, endpoints: list[str], options: dict[str, Any]
+        self, running: Any, endpoints: list[str], options: dict[str, Any]
     ) -> list[str]:
         name = running.plugin.name
         needsRestart = []
@@ -129,7 +131,7 @@ class Reload:
                 needsRestart.append(f"{name}.{key}")
         return needsRestart
 
-    def _policy(self, running: RunningService, settings: Any) -> None:
+    def _policy(self, running: Any, settings: Any) -> None:
         """
         Judge new clients of a service by its new access policy; open
         connections stay open.
@@ -137,9 +139,37 @@ class Reload:
         old = running.policy.settings
         if settings != old:
             running.policy.update(settings)
-            self._applied(f"{running.plugin.name}.policy", old, settings)
+            self.log.info(
+                "reload: {key} changed: {changes}",
+                key=f"{running.plugin.name}.policy",
+                changes=describePolicyChange(old, settings),
+            )
 
     def _applied(self, key: str, old: Any, new: Any) -> None:
         self.log.info(
             "reload: {key} changed from {old!r} to {new!r}", key=key, old=old, new=new
         )
+
+
+#: A policy's settings as the operator names them, and how each is shown.
+_POLICY_FIELDS = (
+    ("allow", "allow", lambda ranges: ", ".join(map(str, ranges)) or "any"),
+    ("deny", "deny", lambda ranges: ", ".join(map(str, ranges)) or "none"),
+    ("max-connections", "maxConnections", lambda n: str(n) if n else "no limit"),
+    ("max-per-source", "maxPerSource", lambda n: str(n) if n else "no limit"),
+    ("idle-timeout", "idleTimeout", lambda s: f"{s:g} s" if s else "never"),
+    ("trusted-proxy", "trustedProxies", lambda ranges: ", ".join(map(str, ranges))),
+)
+
+
+def describePolicyChange(old: Any, new: Any) -> str:
+    """
+    What changed between two access policies, in the options' own words:
+    C{max-per-source no limit -> 4; allow any -> 127.0.0.0/8, ::1}.
+    """
+    changes = []
+    for option, attribute, show in _POLICY_FIELDS:
+        before, after = getattr(old, attribute, None), getattr(new, attribute, None)
+        if before != after:
+            changes.append(f"{option} {show(before)} -> {show(after)}")
+    return "; ".join(changes) or "nothing an operator sets"

@@ -37,7 +37,9 @@ def _repeatableOption(key: str, doc: str) -> Any:
     return opt
 
 
-def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
+def _endpointOption(
+    serviceName: str, defaults: Iterable[str], enabledByDefault: bool = True
+) -> Any:
     """
     Make the C{opt_NAME} handler that collects a service's endpoints.
     """
@@ -45,11 +47,37 @@ def _endpointOption(serviceName: str, defaults: Iterable[str]) -> Any:
     def opt(self: usage.Options, endpoint: str) -> None:
         self["endpoints"][serviceName].append(endpoint)
 
+    off = "" if enabledByDefault else f"; off unless --services names {serviceName}"
     opt.__doc__ = (
         f"Serve {serviceName} on this endpoint (repeatable; replaces the "
-        f"defaults) [default: {' '.join(defaults)}]"
+        f"defaults{off}) [default: {' '.join(defaults)}]"
     )
     return opt
+
+
+_KINDS = {int: "a whole number", float: "a number"}
+
+
+def namedCoerce(option: str, coerce: Any) -> Any:
+    """
+    Wrap an option's coerce function so that a bad value's error names the
+    option and quotes the value (C{--echo-udp-rate must be a number, not
+    'abc'}), where Twisted would only say that a conversion failed.
+    """
+    if coerce is None:
+        return None
+
+    def coerceNamed(value: str) -> Any:
+        try:
+            return coerce(value)
+        except (TypeError, ValueError) as error:
+            kind = _KINDS.get(coerce)
+            if kind is not None:
+                raise ValueError(f"--{option} must be {kind}, not {value!r}") from None
+            raise ValueError(f"--{option}: {error}") from None
+
+    coerceNamed.coerceDoc = getattr(coerce, "coerceDoc", "")  # type: ignore[attr-defined]
+    return coerceNamed
 
 
 def declareServiceOptions(
@@ -71,12 +99,15 @@ def declareServiceOptions(
         if service.name in RESERVED_NAMES or service.name in reserved:
             raise ValueError(f"a netd service cannot be named {service.name!r}")
         attributes["opt_" + service.name.replace("-", "_")] = _endpointOption(
-            service.name, service.defaultEndpoints
+            service.name,
+            service.defaultEndpoints,
+            getattr(service, "enabledByDefault", True),
         )
         for name, _short, default, doc, coerce in _padded(service.optParameters, 5):
             shown = "" if default is None else f" [default: {default!r}]"
+            key = f"{service.name}-{name}"
             attributes["optParameters"].append(
-                [f"{service.name}-{name}", None, None, f"{doc}{shown}", coerce]
+                [key, None, None, f"{doc}{shown}", namedCoerce(key, coerce)]
             )
         for name, _short, doc in _padded(service.optFlags, 3):
             attributes["optFlags"].append([f"{service.name}-{name}", None, doc])
@@ -99,7 +130,8 @@ def chooseServices(
 ) -> list[INetdService]:
     """
     The services to run: C{--services} (comma-separated), else the config
-    file's C{services}, else every available one.
+    file's C{services}, else every available one that is enabled by default
+    (L{netd.plugin.INetdService.enabledByDefault}).
 
     @raise usage.UsageError: naming an unknown service.
     """
@@ -109,7 +141,7 @@ def chooseServices(
     elif "services" in fileConfig:
         names = configStrings("services", fileConfig["services"])
     else:
-        return list(available)
+        return [s for s in available if getattr(s, "enabledByDefault", True)]
     for name in names:
         if name not in byName:
             raise usage.UsageError(

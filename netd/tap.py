@@ -47,6 +47,7 @@ from netd.policy import (
 from netd.serviceoptions import (
     chooseServices,
     declareServiceOptions,
+    namedCoerce,
     repeatableKeys,
     resolveEndpoints,
     resolveServiceOptions,
@@ -93,14 +94,20 @@ class Options(usage.Options):
 
     optParameters = [
         ["config", "c", None, "Read options from this TOML file."],
-        ["services", None, None, "Comma-separated services to run [default: all]."],
+        [
+            "services",
+            None,
+            None,
+            "Comma-separated services to run [default: every installed "
+            "service but those off by default].",
+        ],
         [
             "max-connections",
             None,
             None,
             "Most connections open at once to each service, 0 for no limit "
             f"[default: {_POLICY_DEFAULTS['max-connections']}].",
-            int,
+            namedCoerce("max-connections", int),
         ],
         [
             "max-per-source",
@@ -109,7 +116,7 @@ class Options(usage.Options):
             "Most connections open at once to each service from one client "
             "address, 0 for no limit [default: a tenth of --max-connections, "
             f"at least {MIN_PER_SOURCE}].",
-            int,
+            namedCoerce("max-per-source", int),
         ],
         [
             "idle-timeout",
@@ -117,7 +124,7 @@ class Options(usage.Options):
             None,
             "Close a connection after this many seconds without a byte either "
             f"way, 0 for never [default: {_POLICY_DEFAULTS['idle-timeout']}].",
-            float,
+            namedCoerce("idle-timeout", float),
         ],
         [
             "grace",
@@ -125,7 +132,7 @@ class Options(usage.Options):
             None,
             "Seconds connections in flight get to finish when netd stops "
             f"[default: {DEFAULT_GRACE:g}].",
-            float,
+            namedCoerce("grace", float),
         ],
     ]
 
@@ -165,9 +172,10 @@ class Options(usage.Options):
             super().parseOptions(options)
         except usage.UsageError as error:
             if self.parent is None:
-                raise
+                raise usage.UsageError(describeUsageError(error)) from None
             raise SystemExit(
-                f"twistd netd: {error} (twistd netd --help lists the options)"
+                f"netd: {describeUsageError(error)} "
+                "(twistd netd --help lists the options)"
             ) from None
 
     def opt_allow(self, cidr: str) -> None:
@@ -310,6 +318,17 @@ def _networks(option: str, ranges: list[str]) -> list[Any]:
         raise usage.UsageError(f"--{option}: {error}") from None
 
 
+def describeUsageError(error: usage.UsageError) -> str:
+    """
+    A usage error as one line for the operator: Twisted's own words for a
+    value its coerce function refused are dropped, since netd's coerce
+    functions name the option and the value themselves.
+    """
+    text = str(error)
+    prefix = "Parameter type enforcement failed: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
 def _reportStartupErrors(previous: Any) -> Any:
     """
     Make a C{sys.excepthook} that prints a L{StartupError} as one line.
@@ -392,6 +411,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                     _streamEndpoint(service.name, description, reactor, backlog),
                     policed,
                 )
+                listeningNote = getattr(service, "listeningNote", None)
+                if listeningNote is not None:
+                    listener.note = listeningNote(options) or ""
             listener.setServiceParent(netd)
     return netd
 

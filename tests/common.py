@@ -511,3 +511,90 @@ def freePort(kind: int = socket.SOCK_STREAM) -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def systemCommand(name: str) -> str:
+    """
+    The path of a system command the tests drive, sbin included (C{make
+    sysdeps} installs them).
+
+    @raise AssertionError: when it is not installed.
+    """
+    import shutil
+
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    found = shutil.which(name, path=path)
+    if found is None:
+        raise AssertionError(f"{name} is not installed: run `make sysdeps` as root")
+    return found
+
+
+class _Xinetd(protocol.ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+        if b"Started working" in self.output and not self.ready.called:
+            self.ready.callback(None)
+
+    outReceived = errReceived
+
+    def processEnded(self, reason: Any) -> None:
+        if not self.ready.called:
+            self.ready.errback(
+                RuntimeError(
+                    f"xinetd exited:\n{self.output.decode('utf-8', 'replace')}"
+                )
+            )
+        self.ended.callback(None)
+
+
+def runXinetd(testCase: Any, services: dict[str, int]) -> defer.Deferred[None]:
+    """
+    Run xinetd (C{make sysdeps} installs it) in the foreground with its
+    internal services on 127.0.0.1 only, and fire once it serves them. It
+    is stopped (by its PID) when the test ends.
+
+    @param services: xinetd's internal service ids (C{chargen-stream},
+        C{discard-dgram}...) to the port each listens on.
+    """
+    xinetd = systemCommand("xinetd")
+    directory = os.path.abspath(testCase.mktemp())
+    os.makedirs(directory)
+    config = os.path.join(directory, "xinetd.conf")
+    with open(config, "w") as stream:
+        for serviceId, port in services.items():
+            name, kind = serviceId.rsplit("-", 1)
+            dgram = kind == "dgram"
+            stream.write(
+                f"service {name}\n{{\n"
+                "\ttype = INTERNAL UNLISTED\n"
+                f"\tid = {serviceId}\n"
+                f"\tsocket_type = {kind}\n"
+                f"\tprotocol = {'udp' if dgram else 'tcp'}\n"
+                f"\tport = {port}\n"
+                "\tbind = 127.0.0.1\n"
+                f"\twait = {'yes' if dgram else 'no'}\n"
+                "}\n"
+            )
+    process = _Xinetd()
+    transport = _reactor.spawnProcess(
+        process,
+        xinetd,
+        [xinetd, "-dontfork", "-filelog", "/dev/stderr", "-f", config]
+        + ["-pidfile", os.path.join(directory, "xinetd.pid")],
+        env={},
+        path=directory,
+    )
+
+    def stop() -> defer.Deferred[None] | None:
+        if process.ended.called:
+            return None
+        transport.signalProcess("TERM")
+        return process.ended
+
+    testCase.addCleanup(stop)
+    return process.ready.addTimeout(30, _reactor)

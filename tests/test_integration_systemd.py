@@ -337,7 +337,7 @@ class ReloadTests(TestCase):
         # The log comes through another pipe than the notification.
         yield waitUntil(lambda: b"reload done" in netd.output)
         output = netd.output.decode()
-        self.assertIn("reload: echo.policy changed", output)
+        self.assertIn("reload: echo.policy changed: max-connections 1 -> 2", output)
         self.assertIn("reloaded", output)
 
         second = yield connectProtocol(tlsClientEndpoint(new, port), EchoClient())
@@ -665,8 +665,14 @@ class ExampleConfigTests(TestCase):
         (endpoints moved to free loopback ports and system paths to a
         temporary directory on the command line, which wins over the file).
         """
-        services = discoverServices()
+        services = [
+            service
+            for service in discoverServices()
+            if getattr(service, "enabledByDefault", True)
+        ]
         arguments = ["--config", os.path.join(ETC, "netd.toml"), *localPaths(self)]
+        # Services off by default (discard, chargen) too, with their tables.
+        arguments.append("--services=" + ",".join(s.name for s in services))
         for service in services:
             if service.stream:
                 arguments += [f"--{service.name}", "tcp:0:interface=127.0.0.1"]

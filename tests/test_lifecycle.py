@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netd.lifecycle import DEFAULT_GRACE
 from netd.plugin import ServicePlugin
+from netd.policy import parseNetwork
 from netd.services.echo.plugin import EchoService
 from netd.services.echo.server import EchoFactory
 from netd.systemd import Notifier
@@ -215,6 +216,33 @@ class ReloadTests(SynchronousTestCase):
         self.assertIn("reload: echo.udp-rate changed from 20.0 to 5.0", logged)
         self.assertIn("reload done: 0 changes need a restart", logged)
         self.assertEqual(running.options["delay"], 2.5)
+
+    def test_policyChangeInWords(self) -> None:
+        """
+        A changed access policy is applied to the running service and
+        logged in the options' own words, not as a Python repr.
+        """
+        built = Built(self, ECHO)
+        _ok, logged = built.reload(
+            ECHO + '[echo.policy]\nmax-per-source = 4\nallow = ["127.0.0.0/8"]\n'
+        )
+        self.assertEqual(built.netd.served["echo"].policy.settings.maxPerSource, 4)
+        self.assertIn(
+            "reload: echo.policy changed: allow any -> 127.0.0.0/8; "
+            "max-per-source 100 -> 4",
+            logged,
+        )
+        _ok, logged = built.reload('trusted-proxy = ["10.0.0.5"]\n' + ECHO)
+        self.assertEqual(
+            built.netd.served["echo"].policy.settings.trustedProxies,
+            (parseNetwork("10.0.0.5"),),
+        )
+        self.assertIn(
+            "reload: echo.policy changed: allow 127.0.0.0/8 -> any; "
+            "max-per-source 4 -> 100; "
+            "trusted-proxy 127.0.0.0/8, ::1/128 -> 10.0.0.5/32",
+            logged,
+        )
 
     def test_commandLineStillWins(self) -> None:
         """

@@ -125,6 +125,25 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(UsageError, self.parse, "--echo-delay", "-1")
         self.assertIn("-1", str(error))
 
+    def test_badNumberNamesOption(self) -> None:
+        """
+        A value that is not a number names its option and quotes the value,
+        for a service's options and for netd's own.
+        """
+        for argv, message in [
+            (("--echo-udp-rate", "abc"), "--echo-udp-rate must be a number, not 'abc'"),
+            (
+                ("--max-connections", "x"),
+                "--max-connections must be a whole number, not 'x'",
+            ),
+            (
+                ("--idle-timeout", "never"),
+                "--idle-timeout must be a number, not 'never'",
+            ),
+        ]:
+            error = self.assertRaises(UsageError, self.parse, *argv)
+            self.assertEqual(str(error), message)
+
     def test_unknownOption(self) -> None:
         """
         An unknown option is a usage error.

@@ -7,7 +7,9 @@ when netd runs, and each service imports its protocols only when built.
 
 from twisted.application.service import ServiceMaker
 
+from netd.services.chargen.plugin import chargen
 from netd.services.clock.plugin import daytime, sntp, time
+from netd.services.discard.plugin import discard
 from netd.services.echo.plugin import echo
 from netd.services.getfile.plugin import getfile
 from netd.services.objects.plugin import objects
@@ -28,5 +30,7 @@ __all__ = [
     "time",
     "sntp",
     "objects",
+    "discard",
+    "chargen",
     "tlsServerParser",
 ]

@@ -317,6 +317,12 @@ class SNTPCommand(ClockCommand):
         reply = yield self.ask(reactor, True, sntpRequest, isSNTPAnswer)
         fields = NTP_PACKET.unpack_from(reply.data)
         first, stratum, referenceId = fields[0], fields[1], fields[6]
+        if stratum == 0:
+            code = referenceId.rstrip(b"\0").decode("ascii", "replace")
+            raise ConnectionError(
+                f"{self['host']} sent a Kiss-o'-Death {code!r}: it refuses "
+                f"to answer now ('RATE': ask less often)"
+            )
         sent, received = reply.sent, reply.received
         serverSent = unixFromNTPTimestamp(fields[10], received)
         offset, delay = offsetAndDelay(

@@ -36,12 +36,30 @@ DAYTIME_FORMATS = ("ctime", "iso")
 NTP_PACKET = struct.Struct("!BBbbII4sQQQQ")
 NTP_PACKET_SIZE = NTP_PACKET.size
 
+NTP_MODE_SYMMETRIC_ACTIVE = 1
+NTP_MODE_SYMMETRIC_PASSIVE = 2
 NTP_MODE_CLIENT = 3
 NTP_MODE_SERVER = 4
 NTP_VERSIONS = range(1, 5)
 
+#: The reply's mode for each request mode answered (RFC 4330 section 5):
+#: a client gets a server reply, a symmetric-active peer a passive one.
+NTP_REPLY_MODES = {
+    NTP_MODE_CLIENT: NTP_MODE_SERVER,
+    NTP_MODE_SYMMETRIC_ACTIVE: NTP_MODE_SYMMETRIC_PASSIVE,
+}
+
+#: Leap indicator 3: the clock is not synchronised (a Kiss-o'-Death's).
+NTP_LEAP_UNSYNCHRONISED = 3
+
+#: Kiss-o'-Death replies a second to any one source over its reply limit,
+#: in bursts of one: a KoD is as big as the request, and this keeps it from
+#: being a reflector of its own (RFC 5905 section 7.4).
+KOD_RATE = 0.5
+
 #: Stratum and reference id of an undisciplined local clock: what ntpd's
-#: local clock driver and chrony's C{local stratum 10} announce.
+#: local clock driver announces (chronyd's C{local stratum 10} announces
+#: 127.127.1.1 as its reference id instead).
 DEFAULT_STRATUM = 10
 DEFAULT_REFID = "LOCL"
 
@@ -253,11 +271,16 @@ class SNTPServerProtocol(GuardedDatagramProtocol):
     An SNTP server (RFC 4330 section 5, unicast server mode) answering from
     the clock it is given.
 
-    Only client-mode (3) requests of versions 1 to 4 and at least 48 bytes
-    are answered; anything else (a server reply, a control message,
-    junk) is ignored, so two servers never answer each other. Requests from
-    port 123 are answered, since NTP daemons send from it; replies are still
-    limited per source.
+    Client (3) and symmetric-active (1) requests of versions 1 to 4 and at
+    least 48 bytes are answered, in server (4) and symmetric-passive (2)
+    mode and the request's version; anything else (a server or passive
+    reply, broadcast, control or private messages, junk) is ignored, so two
+    servers never answer each other. Requests from port 123 are answered,
+    since NTP daemons send from it; replies are still limited per source.
+    A source over its limit gets a Kiss-o'-Death C{RATE} (RFC 4330 section
+    8), itself limited to L{KOD_RATE} a second per source.
+
+    @ivar kisses: the Kiss-o'-Death replies sent.
     """
 
     reflectionPorts = REFLECTION_PORTS - {123}
@@ -269,6 +292,7 @@ class SNTPServerProtocol(GuardedDatagramProtocol):
         stratum: int = DEFAULT_STRATUM,
         referenceId: bytes = b"LOCL",
         precision: int = DEFAULT_PRECISION,
+        kissLimiter: PerSourceRateLimiter | None = None,
     ) -> None:
         """
         @param clock: an L{IReactorTime}, the time served.
@@ -276,6 +300,8 @@ class SNTPServerProtocol(GuardedDatagramProtocol):
         @param stratum: 1 to 15, announced in every reply.
         @param referenceId: 4 bytes (see L{parseReferenceId}).
         @param precision: log2 of the clock's precision in seconds.
+        @param kissLimiter: the per-source limit of Kiss-o'-Death replies;
+            L{KOD_RATE} by default.
         """
         super().__init__("sntp", limiter)
         if not 1 <= stratum <= 15:
@@ -286,18 +312,34 @@ class SNTPServerProtocol(GuardedDatagramProtocol):
         self.stratum = stratum
         self.referenceId = referenceId
         self.precision = precision
+        if kissLimiter is None:
+            kissLimiter = PerSourceRateLimiter(clock)
+            kissLimiter.setRate(KOD_RATE)
+        self.kissLimiter = kissLimiter
+        self.kisses = 0
 
-    def reply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
-        received = self.clock.seconds()
+    def _request(self, data: bytes) -> tuple[int, int, int, int] | None:
+        """
+        The version, reply mode, poll and transmit timestamp of a request
+        that is answered, or L{None}.
+        """
         if len(data) < NTP_PACKET_SIZE:
             return None
         first, _stratum, poll = struct.unpack_from("!BBb", data)
         version, mode = (first >> 3) & 0x7, first & 0x7
-        if mode != NTP_MODE_CLIENT or version not in NTP_VERSIONS:
+        if mode not in NTP_REPLY_MODES or version not in NTP_VERSIONS:
             return None
         (clientTransmit,) = struct.unpack_from("!Q", data, 40)
+        return version, NTP_REPLY_MODES[mode], poll, clientTransmit
+
+    def reply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
+        received = self.clock.seconds()
+        request = self._request(data)
+        if request is None:
+            return None
+        version, mode, poll, clientTransmit = request
         return NTP_PACKET.pack(
-            (0 << 6) | (version << 3) | NTP_MODE_SERVER,
+            (0 << 6) | (version << 3) | mode,
             self.stratum,
             poll,
             self.precision,
@@ -308,4 +350,30 @@ class SNTPServerProtocol(GuardedDatagramProtocol):
             clientTransmit,
             ntpTimestamp(received),
             ntpTimestamp(self.clock.seconds()),
+        )
+
+    def limitedReply(self, data: bytes, address: tuple[str, int]) -> bytes | None:
+        """
+        A Kiss-o'-Death C{RATE} for a request over the reply limit: leap
+        indicator 3, stratum 0, the kiss code as reference id, and no time
+        at all (every timestamp is the request's transmit time, as ntpd
+        sends), so the client learns only that it must slow down.
+        """
+        request = self._request(data)
+        if request is None or not self.kissLimiter.allow(address[0]):
+            return None
+        version, mode, poll, clientTransmit = request
+        self.kisses += 1
+        return NTP_PACKET.pack(
+            (NTP_LEAP_UNSYNCHRONISED << 6) | (version << 3) | mode,
+            0,  # stratum 0: a Kiss-o'-Death
+            poll,
+            self.precision,
+            0,
+            0,
+            b"RATE",
+            0,
+            clientTransmit,
+            clientTransmit,
+            clientTransmit,
         )

@@ -332,6 +332,12 @@ class GetFileCommand(ClientCommand):
                     progress.finish()
             if not download.complete:
                 raise GetFileError(self._shortMessage(download, offset, partial))
+            if self["legacy"] and download.received == 0:
+                raise GetFileError(
+                    "received nothing: the server refused the file or it is "
+                    "empty (the book form cannot tell an error from an empty "
+                    "file; without --legacy the server says which)"
+                )
             os.replace(partial, self["target"])
         except BaseException:
             # --resume keeps what it has, for the next --resume; else nothing
@@ -356,13 +362,8 @@ class GetFileCommand(ClientCommand):
 
     def report(self, download: Download, offset: int) -> None:
         """
-        Say what was saved; warn when the book form got nothing at all.
+        Say what was saved.
         """
         size = offset + download.received
         self.stdout.write(f"{self['target']}: {size} bytes\n")
         self.stdout.flush()
-        if self["legacy"] and size == 0:
-            self.stderr.write(
-                "netd-client: received 0 bytes: the file is empty or the server "
-                "refused it (the book form cannot tell)\n"
-            )

@@ -104,6 +104,12 @@ class GetFileService(ServicePlugin):
         """
         return 2 * int(options["max-transfers"])
 
+    def listeningNote(self, options: Mapping[str, Any]) -> str:
+        """
+        Name the directory served, so that nobody serves one by surprise.
+        """
+        return f"serving {os.path.realpath(options['root'] or os.getcwd())}"
+
     def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
         """
         Build the factory for the root, which must be a readable directory.

@@ -69,6 +69,8 @@ class ObjectsClientProtocol(FrameReceiver):
         protocol: int = pickle.DEFAULT_PROTOCOL,
         maxBytes: int = 64 * 1024 * 1024,
         allowed: Mapping[tuple[str, str], Any] | None = None,
+        clock: Any = None,
+        handshakeTimeout: float = 5.0,
     ) -> None:
         """
         @param authkey: the shared key, or L{None} for a server without one.
@@ -77,6 +79,11 @@ class ObjectsClientProtocol(FrameReceiver):
         @param maxBytes: the largest reply frame accepted.
         @param allowed: extra globals replies may use, beside plain data and
             builtin exceptions.
+        @param clock: an L{IReactorTime} for the handshake's deadline; with
+            L{None}, no deadline.
+        @param handshakeTimeout: with an authkey, seconds to wait for the
+            server's challenge: a server without a key sends none, and would
+            otherwise leave the client waiting for ever.
         """
         super().__init__()
         self.authkey = authkey
@@ -87,18 +94,46 @@ class ObjectsClientProtocol(FrameReceiver):
         self._state = "challenge"
         self._challenge = b""
         self._waiting: deque[defer.Deferred[Any]] = deque()
+        self._clock = clock
+        self._handshakeTimeout = handshakeTimeout
+        self._deadline: Any = None
 
     def connectionMade(self) -> None:
         if self.authkey is None:
             self._ready()
+        elif self._clock is not None:
+            self._deadline = self._clock.callLater(
+                self._handshakeTimeout, self._noChallenge
+            )
+
+    def _noChallenge(self) -> None:
+        self._deadline = None
+        if self._state == "challenge":
+            self._fail(
+                f"the server sent no challenge in {self._handshakeTimeout:g} s: "
+                "it has no authkey (connect without one) or is not an objects "
+                "server"
+            )
 
     def _ready(self) -> None:
+        self._cancelDeadline()
         self._state = "ready"
         self.maxFrameLength = self.maxBytes
         self.ready.callback(self)
 
+    def _cancelDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
     def frameReceived(self, frame: bytes) -> None:
         if self._state == "ready":
+            if self.authkey is None and frame.startswith(CHALLENGE):
+                self._fail(
+                    "the server asks for an authkey (give --authkey-file or "
+                    "set $NETD_OBJECTS_AUTHKEY)"
+                )
+                return
             self._reply(frame)
         elif self._state == "challenge":
             message = frame[len(CHALLENGE) :]
@@ -114,7 +149,7 @@ class ObjectsClientProtocol(FrameReceiver):
             self._state = "welcome"
         elif self._state == "welcome":
             if frame != WELCOME:
-                self._fail("digest sent was rejected")
+                self._fail("the server rejected our key: the keys differ")
                 return
             self._challenge = newChallenge()
             self.sendFrame(CHALLENGE + self._challenge)
@@ -123,19 +158,28 @@ class ObjectsClientProtocol(FrameReceiver):
             assert self.authkey is not None
             try:
                 verifyResponse(self.authkey, self._challenge, frame)
-            except AuthenticationError as error:
+            except AuthenticationError:
                 self.sendFrame(FAILURE)
-                self._fail(str(error))
+                self._fail("the server's key differs from ours")
                 return
             self.sendFrame(WELCOME)
             self._ready()
 
     def _fail(self, reason: str) -> None:
+        """
+        End the connection because the handshake failed: C{ready}, and any
+        call already waiting, fail with L{AuthenticationError}.
+        """
+        self._cancelDeadline()
         self._state = "failed"
         self._closing = True
         self.transport.loseConnection()
+        error = AuthenticationError(f"authentication failed: {reason}")
         if not self.ready.called:
-            self.ready.errback(AuthenticationError(reason))
+            self.ready.errback(error)
+        waiting, self._waiting = self._waiting, deque()
+        for pending in waiting:
+            pending.errback(error)
 
     def call(self, request: Any) -> defer.Deferred[Any]:
         """
@@ -165,10 +209,14 @@ class ObjectsClientProtocol(FrameReceiver):
             waiting.callback(reply)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._cancelDeadline()
         self._closing = True
         if not self.ready.called:
             self.ready.errback(
-                AuthenticationError("the server closed during the handshake")
+                AuthenticationError(
+                    "authentication failed: the server closed during the "
+                    "handshake (do both sides use the same key?)"
+                )
             )
         waiting, self._waiting = self._waiting, deque()
         for pending in waiting:
@@ -236,11 +284,18 @@ class ObjectsCommand(ClientCommand):
         except StartupError as error:
             raise usage.UsageError(str(error)) from None
         client = await connectObjects(
-            self.endpoint(reactor), authkey, protocol=self["protocol"]
+            self.endpoint(reactor),
+            authkey,
+            protocol=self["protocol"],
+            clock=reactor,
+            handshakeTimeout=min(self["timeout"], 5.0),
         )
         try:
             reply = await client.call(self["request"])
+        except (AuthenticationError, ConnectionError):
+            raise
         except Exception as error:
+            # The server's answer: an exception it replied with.
             sys.stdout.write(f"{type(error).__name__}: {error}\n")
             return 1
         finally:

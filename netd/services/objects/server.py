@@ -10,7 +10,6 @@ protocol no higher than the request's.
 
 from __future__ import annotations
 
-import pickle
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -23,9 +22,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from netd.plugin import IGracefulProtocol
+from netd.services.objects.replies import encodeReply
 from netd.services.objects.unpickling import (
     PickleRefusedError,
-    builtinException,
     loadRestricted,
     requestProtocol,
 )
@@ -399,14 +398,6 @@ class ObjectsFactory(Factory):
 
     def encode(self, result: Any, protocol: int) -> bytes:
         """
-        Pickle a reply in C{protocol}; an exception (raised by the handler or
-        by pickling) becomes its nearest builtin exception. Names are not
-        mapped to Python 2's (C{fix_imports=False}), so that a
-        C{PermissionError} stays one in protocols 0 to 2.
+        Pickle a reply in C{protocol} (see L{encodeReply}).
         """
-        if isinstance(result, BaseException):
-            result = builtinException(result)
-        try:
-            return pickle.dumps(result, protocol, fix_imports=False)
-        except Exception as error:
-            return pickle.dumps(builtinException(error), protocol, fix_imports=False)
+        return encodeReply(result, protocol)

@@ -320,7 +320,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             object, which may be called and built without checks.
         """
         self._data = io.BytesIO(data)
-        super().__init__(self._data)
+        # Python 2's str (STRING opcodes, which Python 3 never writes) is
+        # read as Latin-1, as the stdlib advises for Python 2's datetimes.
+        super().__init__(self._data, encoding="latin1")
         self._size = len(data)
         self._trusted = dict(trusted or {})
         self._trustedObjects = {id(value): value for value in self._trusted.values()}

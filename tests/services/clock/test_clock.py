@@ -489,13 +489,25 @@ class SNTPServerTests(SynchronousTestCase):
         for version in (0, 5, 6, 7):
             self.assertEqual(self.ask(sntpRequest(version=version)), [])
 
-    def test_onlyClientMode(self) -> None:
+    def test_modes(self) -> None:
         """
-        Only mode 3 (client) is answered: never a server's or broadcast
-        reply (no loops between servers), nor control or private messages.
+        Mode 3 (client) is answered in mode 4 (server), mode 1 (symmetric
+        active) in mode 2 (symmetric passive), each in versions 3 and 4
+        echoed; every other mode gets nothing: never a server's, passive or
+        broadcast packet (no loops between servers), nor control (6) or
+        private (7) messages, nor mode 0.
         """
-        for mode in (0, 1, 2, 4, 5, 6, 7):
-            self.assertEqual(self.ask(sntpRequest(mode=mode)), [])
+        for version in (3, 4):
+            for mode, replyMode in ((3, 4), (1, 2)):
+                [reply] = self.ask(sntpRequest(version=version, mode=mode))
+                self.assertEqual(
+                    (reply[0] >> 6, (reply[0] >> 3) & 7, reply[0] & 7),
+                    (0, version, replyMode),
+                )
+                self.assertEqual(reply[1], 10)
+                self.assertEqual(NTP_PACKET.unpack(reply)[8], 0x0123456789ABCDEF)
+            for mode in (0, 2, 4, 5, 6, 7):
+                self.assertEqual(self.ask(sntpRequest(version=version, mode=mode)), [])
 
     def test_shortAndJunkIgnored(self) -> None:
         """
@@ -532,15 +544,67 @@ class SNTPServerTests(SynchronousTestCase):
 
     def test_rateLimited(self) -> None:
         """
-        Each source gets at most its burst of replies at once.
+        Each source gets at most its burst of replies at once; beyond it,
+        one Kiss-o'-Death per the KoD limit, nothing else.
         """
         server = SNTPServerProtocol(self.clock, limiter(rate=1.0, burst=3))
         transport = started(server)
         for _ in range(10):
             server.datagramReceived(sntpRequest(), ("127.0.0.1", 123))
         server.datagramReceived(sntpRequest(), ("127.0.0.2", 123))
-        self.assertEqual(len(transport.written), 4)
+        replies = [reply for reply, _address in transport.written]
+        self.assertEqual([reply[1] for reply in replies], [10, 10, 10, 0, 10])
         self.assertEqual(server.dropped, 7)
+        self.assertEqual(server.kisses, 1)
+
+    def test_kissOfDeath(self) -> None:
+        """
+        A Kiss-o'-Death (RFC 4330 section 8) has leap indicator 3, the
+        request's version and the reply mode of its mode, stratum 0, C{RATE}
+        as reference id, the request's poll, and no time of the server's:
+        every timestamp is the request's transmit time, the reference 0.
+        """
+        server = SNTPServerProtocol(
+            self.clock, PerSourceRateLimiter(self.clock, rate=1.0, burst=1)
+        )
+        transport = started(server)
+        for version, mode, replyMode in ((4, 3, 4), (3, 1, 2)):
+            self.clock.advance(60)
+            for transmit in (1, 0x0123456789ABCDEF):
+                server.datagramReceived(
+                    sntpRequest(version, mode, transmit, poll=4),
+                    ("127.0.0.1", 40000),
+                )
+            (_reply, _address), (kiss, _address) = transport.written
+            transport.written = []
+            fields = NTP_PACKET.unpack(kiss)
+            self.assertEqual(
+                (fields[0] >> 6, (fields[0] >> 3) & 7, fields[0] & 7),
+                (3, version, replyMode),
+            )
+            self.assertEqual(fields[1:3], (0, 4))
+            self.assertEqual(fields[6:], (b"RATE", 0) + (0x0123456789ABCDEF,) * 3)
+
+    def test_kissOfDeathLimited(self) -> None:
+        """
+        Kiss-o'-Death replies are limited per source too (one every two
+        seconds by default), and junk over the limit gets none: a forged
+        flood gets at most as many bytes back, at a trickle.
+        """
+        server = SNTPServerProtocol(
+            self.clock, PerSourceRateLimiter(self.clock, rate=1.0, burst=1)
+        )
+        transport = started(server)
+        for _ in range(100):
+            server.datagramReceived(sntpRequest(), ("127.0.0.1", 40000))
+            server.datagramReceived(sntpRequest(mode=4), ("127.0.0.1", 40000))
+        self.assertEqual(len(transport.written), 2)
+        self.clock.advance(2)
+        for _ in range(100):
+            server.datagramReceived(sntpRequest(), ("127.0.0.1", 40000))
+        # The one reply earned in 2 s, then one KoD.
+        self.assertEqual([reply[1] for reply, _ in transport.written], [10, 0, 10, 0])
+        self.assertEqual(server.kisses, 2)
 
     def test_configured(self) -> None:
         """
@@ -646,6 +710,41 @@ class LoopbackTests(TestCase):
         answer = yield client.answers.get()
         self.assertEqual(NTP_PACKET.unpack(answer)[8], 42)
         self.assertEqual(NTP_PACKET.unpack(answer)[9], ntpTimestamp(BOOK_DATE))
+
+    @defer.inlineCallbacks
+    def test_sntpEveryMode(self) -> defer.Generator:
+        """
+        Raw requests of every mode 0-7 in versions 3 and 4 over loopback:
+        only modes 1 and 3 are answered (in modes 2 and 4, the version
+        echoed); over the limit, a Kiss-o'-Death. A final client request
+        (its reply comes after any earlier one) closes each round.
+        """
+        clock = clockAt(BOOK_DATE)
+        server = SNTPServerProtocol(clock, PerSourceRateLimiter(clock, 100, 100))
+        sntpPort = self.listenUDP(server)
+        client = UDPClient()
+        self.listenUDP(client)
+        answered = []
+        for version in (3, 4):
+            for mode in range(8):
+                request = sntpRequest(version=version, mode=mode, transmit=mode)
+                client.transport.write(request, ("127.0.0.1", sntpPort))
+            client.transport.write(sntpRequest(transmit=99), ("127.0.0.1", sntpPort))
+            while True:
+                answer = yield client.answers.get()
+                fields = NTP_PACKET.unpack(answer)
+                if fields[8] == 99:
+                    break
+                answered.append(((fields[0] >> 3) & 7, fields[8], fields[0] & 7))
+        self.assertEqual(answered, [(3, 1, 2), (3, 3, 4), (4, 1, 2), (4, 3, 4)])
+        server.limiter.setRate(0.5)
+        client.transport.write(sntpRequest(transmit=7), ("127.0.0.1", sntpPort))
+        client.transport.write(sntpRequest(transmit=8), ("127.0.0.1", sntpPort))
+        answers = []
+        for _ in range(2):
+            answers.append((yield client.answers.get()))
+        self.assertEqual([answer[1] for answer in answers], [10, 0])
+        self.assertEqual(answers[1][12:16], b"RATE")
 
 
 class PluginTests(SynchronousTestCase):

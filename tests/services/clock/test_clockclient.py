@@ -274,6 +274,25 @@ class CommandTests(TestCase):
         self.assertIn("stratum 1, reference GPS, version 4, leap indicator 0\n", text)
         self.assertLessEqual(abs(offsetIn(text) - 2.5), 1)
 
+    @defer.inlineCallbacks
+    def test_sntpKissOfDeath(self) -> defer.Generator:
+        """
+        A Kiss-o'-Death fails C{netd-client sntp} with its kiss code.
+        """
+        server = SNTPServerProtocol(
+            _reactor, PerSourceRateLimiter(_reactor, rate=0.001, burst=1)
+        )
+        port = _reactor.listenUDP(0, server, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        for expected in (0, ConnectionError):
+            command, output = self.command("sntp", "--port", str(port.getHost().port))
+            if expected == 0:
+                status = yield command.run(_reactor)
+                self.assertEqual(status, 0)
+            else:
+                error = yield self.assertFailure(command.run(_reactor), expected)
+                self.assertIn("Kiss-o'-Death 'RATE'", str(error))
+
     def listenAnnouncing(self, message: bytes) -> int:
         """
         Listen on loopback with a stream server that sends C{message}.

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import calendar
 import os
-import shutil
+import re
 import time
+from typing import Any
 
 import ntplib
 from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.common import (
     BIN,
@@ -26,6 +27,7 @@ from tests.common import (
     projectEnvironment,
     runCommand,
     runNetd,
+    systemCommand,
 )
 from tests.services.clock.test_clockclient import offsetIn
 
@@ -47,11 +49,7 @@ def rdate() -> str:
     """
     The C{rdate} command (C{make sysdeps} installs it); it lives in sbin.
     """
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    found = shutil.which("rdate", path=path)
-    if found is None:
-        raise AssertionError("rdate is not installed: run `make sysdeps` as root")
-    return found
+    return systemCommand("rdate")
 
 
 def parseRdate(output: bytes) -> float:
@@ -156,6 +154,28 @@ class RealClientTests(ClockTestCase):
         self.assertNear(printed, time.time())
 
     @defer.inlineCallbacks
+    def test_ntplibKissOfDeath(self) -> defer.Generator:
+        """
+        Over its reply limit, an ntplib client (version 3 and 4) reads a
+        Kiss-o'-Death: leap indicator 3, stratum 0, reference id C{RATE}.
+        """
+        netd = yield self.startNetd("--sntp-udp-rate=0.01")
+        port = netd.port("sntp", "UDP")
+        seen = []
+        for version in (4, 3):
+            stats = yield threads.deferToThread(
+                ntplib.NTPClient().request,
+                "127.0.0.1",
+                version=version,
+                port=port,
+                timeout=TOLERANCE,
+            )
+            seen.append((stats.version, stats.mode, stats.leap, stats.stratum))
+            if stats.stratum == 0:
+                self.assertEqual(stats.ref_id.to_bytes(4, "big"), b"RATE")
+        self.assertEqual(seen, [(4, 4, 0, 10), (3, 4, 3, 0)])
+
+    @defer.inlineCallbacks
     def test_daytimeTimeZone(self) -> defer.Generator:
         """
         netd's daytime line is C{ctime} in the time zone its C{TZ} names
@@ -251,3 +271,83 @@ class ClientCommandTests(ClockTestCase):
             b"netd-client: no answer from 127.0.0.1 UDP port %d in 0.5 s\n"
             % netd.port("time", "UDP"),
         )
+
+
+class NTPsecClientTests(ClockTestCase):
+    """
+    NTPsec's C{ntpdig} and its C{ntpdate} (which always ask port 123) read
+    netd's SNTP server, netd listening on 127.0.0.1:123 in a network
+    namespace of its own (C{unshare --net}), so nothing else on this host
+    is in the way or disturbed.
+    """
+
+    @defer.inlineCallbacks
+    def startNetd(self, *extra: str) -> defer.Generator:
+        _out, err, status = yield runCommand(
+            systemCommand("unshare"), "--net", "true", env={}
+        )
+        if status != 0:
+            raise SkipTest(
+                "NO NTPDIG TEST: cannot make a network namespace for port 123 "
+                f"(CI runs as root): {err.decode(errors='replace').strip()}"
+            )
+        netd = yield runNetd(
+            self,
+            "--services=sntp",
+            "--sntp=udp:123:interface=127.0.0.1",
+            *extra,
+            launcher=(
+                systemCommand("unshare"),
+                "--net",
+                "/bin/sh",
+                "-c",
+                f'{systemCommand("ip")} link set lo up && exec "$@"',
+                "netns",
+            ),
+        )
+        return netd
+
+    def inNamespace(self, netd: NetdProcess, *argv: str) -> Any:
+        """
+        Run a command in netd's network namespace.
+        """
+        return runCommand(
+            systemCommand("nsenter"),
+            f"--net=/proc/{netd.transport.pid}/ns/net",
+            *argv,
+            env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+        )
+
+    @defer.inlineCallbacks
+    def test_ntpdigAndNtpdate(self) -> defer.Generator:
+        """
+        C{ntpdig} and C{ntpdate -q} print netd's stratum and an offset
+        near zero.
+        """
+        netd = yield self.startNetd()
+        for argv in [
+            (systemCommand("ntpdig"), "-t", "5"),
+            (systemCommand("ntpdate"), "-q"),
+        ]:
+            out, err, status = yield self.inNamespace(netd, *argv, "127.0.0.1")
+            self.assertEqual(status, 0, (argv, out, err))
+            match = re.search(rb" ([-+]\d+\.\d+) \+/- \S+ 127\.0\.0\.1 s10 ", out)
+            self.assertIsNotNone(match, (argv, out, err))
+            assert match is not None
+            self.assertNear(float(match.group(1)), 0.0)
+
+    @defer.inlineCallbacks
+    def test_ntpdigKissOfDeath(self) -> defer.Generator:
+        """
+        Over its reply limit, C{ntpdig} gets a Kiss-o'-Death and says so.
+        """
+        netd = yield self.startNetd("--sntp-udp-rate=0.01")
+        out, err, status = yield self.inNamespace(
+            netd, systemCommand("ntpdig"), "-t", "5", "127.0.0.1"
+        )
+        self.assertEqual(status, 0, (out, err))
+        out, err, status = yield self.inNamespace(
+            netd, systemCommand("ntpdig"), "-t", "5", "127.0.0.1"
+        )
+        self.assertEqual(status, 1)
+        self.assertIn(b"stratum 0, probable KOD packet", out + err)

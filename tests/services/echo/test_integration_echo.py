@@ -15,6 +15,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
+from netd.tap import Options
 from tests.common import BIN, TWISTD, CollectUntilClosed, runCommand, runNetd
 
 ECHO_ONLY = ("--services", "echo", "--echo", "tcp:0:interface=127.0.0.1")
@@ -40,18 +41,49 @@ class TwistdEchoTests(TestCase):
     @defer.inlineCallbacks
     def test_defaults(self) -> Any:
         """
-        With no options at all, netd serves every service on its default
-        loopback ports, echo on 127.0.0.1:50007 TCP and UDP among them, and
-        logs each address.
+        With no options, netd serves every service where DESIGN.md says, on
+        loopback (not discard and chargen, which are off by default), and
+        logs each address. The default ports themselves are never bound by a
+        test (a netd may be running beside the suite; CI runs one): the
+        parsed defaults name them, and the same defaults, moved to free
+        ports, serve echo over TCP and UDP.
         """
-        netd = yield runNetd(self)
-        self.assertIn(("daytime", "TCP", "127.0.0.1", 50013), netd.addresses)
-        self.assertIn(("time", "UDP", "127.0.0.1", 50037), netd.addresses)
-        self.assertIn(("sntp", "UDP", "127.0.0.1", 50123), netd.addresses)
-        self.assertIn(("echo", "TCP", "127.0.0.1", 50007), netd.addresses)
-        self.assertIn(("echo", "UDP", "127.0.0.1", 50007), netd.addresses)
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(
+            {s.name: options["endpoints"][s.name] for s in options["services"]},
+            {
+                "echo": [
+                    "tcp:50007:interface=127.0.0.1",
+                    "udp:50007:interface=127.0.0.1",
+                ],
+                "getfile": ["tcp:50001:interface=127.0.0.1"],
+                "daytime": [
+                    "tcp:50013:interface=127.0.0.1",
+                    "udp:50013:interface=127.0.0.1",
+                ],
+                "time": [
+                    "tcp:50037:interface=127.0.0.1",
+                    "udp:50037:interface=127.0.0.1",
+                ],
+                "sntp": ["udp:50123:interface=127.0.0.1"],
+                "objects": ["tcp:50016:interface=127.0.0.1"],
+            },
+        )
+        netd = yield runNetd(
+            self,
+            "--services",
+            "echo",
+            "--echo",
+            "tcp:0:interface=127.0.0.1",
+            "--echo",
+            "udp:0:interface=127.0.0.1",
+            listeners=2,
+        )
+        tcp, udpPort = netd.port("echo"), netd.port("echo", "UDP")
+        self.assertIn(("echo", "TCP", "127.0.0.1", tcp), netd.addresses)
         client = CollectUntilClosed(halfClose=False)
-        yield connectProtocol(TCP4ClientEndpoint(_reactor, "127.0.0.1", 50007), client)
+        yield connectProtocol(TCP4ClientEndpoint(_reactor, "127.0.0.1", tcp), client)
         client.transport.write(b"Hello network world")
         client.transport.loseWriteConnection()
         self.assertEqual((yield client.closed), b"Echo=>Hello network world")
@@ -59,7 +91,7 @@ class TwistdEchoTests(TestCase):
         udp = UDPClient()
         port = _reactor.listenUDP(0, udp, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
-        port.write(b"datagram", ("127.0.0.1", 50007))
+        port.write(b"datagram", ("127.0.0.1", udpPort))
         reply = yield udp.replies.get().addTimeout(10, _reactor)
         self.assertEqual(reply, b"Echo=>datagram")
 
@@ -154,7 +186,14 @@ class StartupErrorTests(TestCase):
         path = self.mktemp()
         os.makedirs(path)
         out, err, code = yield runCommand(
-            TWISTD, "--nodaemon", "--pidfile=", "netd", *arguments, path=path
+            TWISTD,
+            "--nodaemon",
+            "--pidfile=",
+            "netd",
+            "--services",
+            "echo",
+            *arguments,
+            path=path,
         )
         self.assertNotEqual(code, 0)
         self.assertNotIn(b"Traceback", out + err)
@@ -212,7 +251,7 @@ class StartupErrorTests(TestCase):
             "-n",
             "netd",
             "--services",
-            "chargen",
+            "nosuch",
             "--echo-delay",
             "1",
             path=path,
@@ -221,7 +260,7 @@ class StartupErrorTests(TestCase):
         self.assertEqual(out, b"")
         self.assertRegex(
             err.decode(),
-            r"\Atwistd netd: unknown service 'chargen' \(known: [a-z, ]*echo[a-z, ]*\) "
+            r"\Anetd: unknown service 'nosuch' \(known: [a-z, ]*echo[a-z, ]*\) "
             r"\(twistd netd --help lists the options\)\n\Z",
         )
 
@@ -233,7 +272,7 @@ class StartupErrorTests(TestCase):
         line = yield self.startWrongly("--echo-delay", "-1")
         self.assertEqual(
             line,
-            "twistd netd: --echo-delay must not be negative, not -1.0 "
+            "netd: --echo-delay must not be negative, not -1.0 "
             "(twistd netd --help lists the options)",
         )
 

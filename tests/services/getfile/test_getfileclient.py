@@ -292,6 +292,19 @@ class CommandTests(TestCase):
         self.assertEqual(self.leftovers(), ["file.bin"])
 
     @defer.inlineCallbacks
+    def test_legacyNothingLeavesNothing(self) -> defer.Generator:
+        """
+        The book form's close without a byte (a missing file, here) fails,
+        saying that the book form cannot tell an error from an empty file,
+        and leaves no file behind.
+        """
+        failure = yield self.assertFailure(
+            self.command("--legacy", "missing.bin").run(_reactor), GetFileError
+        )
+        self.assertIn("cannot tell an error from an empty file", str(failure))
+        self.assertEqual(self.leftovers(), [])
+
+    @defer.inlineCallbacks
     def test_errorLeavesNothing(self) -> defer.Generator:
         """
         A refused download fails with the server's message and leaves no

@@ -44,6 +44,24 @@ class TwistdGetFileTests(TestCase):
         )
 
     @defer.inlineCallbacks
+    def test_listeningLineNamesRoot(self) -> defer.Generator:
+        """
+        The listening line says which directory is served: the root given,
+        or the directory netd was started in.
+        """
+        netd = yield self.startNetd("--getfile-root", self.root)
+        port = netd.port("getfile")
+        self.assertIn(
+            f"getfile listening on TCP 127.0.0.1:{port}, serving "
+            f"{os.path.realpath(self.root)}\n".encode(),
+            netd.output,
+        )
+        started = os.path.abspath(self.mktemp())
+        os.makedirs(started)
+        netd = yield self.startNetd(path=started)
+        self.assertIn(f"serving {os.path.realpath(started)}\n".encode(), netd.output)
+
+    @defer.inlineCallbacks
     def test_clientDownloads(self) -> defer.Generator:
         """
         C{netd-client getfile} saves a file byte-identical, logged by netd;

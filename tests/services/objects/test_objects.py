@@ -14,6 +14,7 @@ import fractions
 import hmac
 import os
 import pickle
+import pickletools
 import struct
 import uuid
 from typing import Any
@@ -28,6 +29,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from netd.services.objects.client import ObjectsClientProtocol
+from netd.services.objects.replies import encodeReply, replyException
 from netd.services.objects.server import ObjectsFactory, addHandler
 from netd.services.objects.unpickling import (
     MAX_ALLOCATIONS,
@@ -780,3 +782,93 @@ class ClientServerTests(SynchronousTestCase):
         result = client.call((1, "x"))
         pump.flush()
         self.failureResultOf(result, TypeError)
+
+
+def globalsNamed(data: bytes) -> set[str]:
+    """
+    The C{module name} of every C{GLOBAL} opcode in a protocol 0-2 pickle.
+    """
+    return {
+        str(argument)
+        for opcode, argument, _ in pickletools.genops(data)
+        if opcode.name == "GLOBAL"
+    }
+
+
+class ReplyTests(SynchronousTestCase):
+    """
+    L{encodeReply} and L{replyException}: replies Python 2 can read.
+    """
+
+    def test_python2Names(self) -> None:
+        """
+        In protocols 0 to 2 a reply names only Python 2's modules
+        (C{__builtin__}, C{exceptions}), never C{builtins}; Python 3 reads
+        it back as the same value.
+        """
+        value = [{1, 2}, frozenset(), 1 + 2j, b"x", b"", bytearray(b"y"), range(3)]
+        for protocol in range(3):
+            data = encodeReply(value, protocol)
+            names = globalsNamed(data)
+            self.assertTrue(names, protocol)
+            self.assertEqual(
+                {name.split()[0] for name in names} - {"__builtin__", "_codecs"},
+                set(),
+                (protocol, names),
+            )
+            self.assertEqual(pickle.loads(data), value)
+        self.assertIn(b"builtins", encodeReply({1}, 0) + encodeReply({1}, 3))
+
+    def test_python2Exceptions(self) -> None:
+        """
+        For protocols up to 2, exceptions Python 2 lacks become the nearest
+        one it has, message kept; from protocol 3 on they stay themselves.
+        """
+        cases = [
+            (PermissionError("refused"), OSError),
+            (ConnectionResetError("gone"), OSError),
+            (RecursionError("deep"), RuntimeError),
+            (ModuleNotFoundError("nope"), ImportError),
+            (StopAsyncIteration("end"), Exception),
+            (ZeroDivisionError("zero"), ZeroDivisionError),
+            (UnicodeDecodeError("ascii", b"\xff", 0, 1, "bad"), UnicodeError),
+            (PickleRefusedError("global os.system"), OSError),
+        ]
+        for error, expected in cases:
+            for protocol in range(3):
+                data = encodeReply(error, protocol)
+                loaded = pickle.loads(data)
+                self.assertIs(type(loaded), expected, (error, protocol))
+                self.assertEqual(str(loaded), str(error))
+                for name in globalsNamed(data):
+                    self.assertTrue(name.startswith("exceptions "), name)
+            nearest = builtinException(error)
+            self.assertIs(type(replyException(error, 3)), type(nearest))
+            self.assertIs(type(pickle.loads(encodeReply(error, 4))), type(nearest))
+
+    def test_unpicklableReply(self) -> None:
+        """
+        A reply that cannot be pickled becomes the error pickling raised,
+        in a form Python 2 reads for protocol 2.
+        """
+        loaded = pickle.loads(encodeReply(lambda: None, 2))
+        self.assertIsInstance(loaded, Exception)
+        self.assertNotIsInstance(loaded, PermissionError)
+
+    def test_python2StringsAreLatin1(self) -> None:
+        """
+        Python 2's C{str} (the C{STRING} opcodes) is read as Latin-1, so
+        Python 2's datetimes load, and any byte is accepted.
+        """
+        # Python 2.7: pickle.dumps(datetime.datetime(2020, 1, 2, 3, 4, 5), 2)
+        # and pickle.dumps('caf\xc3\xa9', 2).
+        py2Datetime = bytes.fromhex(
+            "8002636461746574696d650a6461746574696d650a7100550a"
+            "07e4010203040500000071018571025271032e"
+        )
+        self.assertEqual(
+            loadRestricted(py2Datetime), datetime.datetime(2020, 1, 2, 3, 4, 5)
+        )
+        self.assertEqual(
+            loadRestricted(b"\x80\x02U\x05caf\xc3\xa9q\x00."), "caf\xc3\xa9"
+        )
