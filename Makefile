@@ -9,9 +9,9 @@ TRIAL_ARGS ?= -j2
 # Real peers that the tests drive: packages of the system, installed by
 # `make sysdeps` (as root, with apt-get) when any command is missing.
 SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-analyze \
-	ntpdig ntpdate xinetd unshare nsenter ip
+	ntpdig ntpdate xinetd unshare nsenter ip socat
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd \
-	ntpsec-ntpdate xinetd util-linux iproute2
+	ntpsec-ntpdate xinetd util-linux iproute2 socat
 
 .PHONY: run test trial lint sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
 

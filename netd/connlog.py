@@ -15,6 +15,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
 from netd.listeners import describeAddress
+from netd.metrics import NO_STREAM_METRICS, StreamListenerMetrics
 from netd.wrappers import PassThroughWrapper
 
 
@@ -22,6 +23,9 @@ class LoggedConnection(PassThroughWrapper):
     """
     Count a connection's bytes both ways and log them when it ends, with
     the subject of the client's certificate when TLS verified one.
+
+    @ivar metrics: its listener's, set by the L{netd.policy.PolicyFactory}
+        that accepted it.
     """
 
     log = Logger()
@@ -32,9 +36,11 @@ class LoggedConnection(PassThroughWrapper):
     bytesOut = 0
     started = 0.0
     subject: str | None = None
+    metrics: StreamListenerMetrics = NO_STREAM_METRICS
 
     def makeConnection(self, transport: Any) -> None:
         self.started = self.factory.clock.seconds()
+        self.metrics.opened()
         super().makeConnection(transport)
 
     def handshakeCompleted(self) -> None:
@@ -61,6 +67,8 @@ class LoggedConnection(PassThroughWrapper):
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
+        duration = self.factory.clock.seconds() - self.started
+        self.metrics.closed(self.bytesIn, self.bytesOut, duration)
         self.log.info(
             "{service} {peer}{certificate} {outcome}: {bytesIn} bytes in, "
             "{bytesOut} bytes out, {duration:.3f}s",
@@ -71,7 +79,7 @@ class LoggedConnection(PassThroughWrapper):
             outcome=_outcome(reason),
             bytesIn=self.bytesIn,
             bytesOut=self.bytesOut,
-            duration=self.factory.clock.seconds() - self.started,
+            duration=duration,
         )
 
 

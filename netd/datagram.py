@@ -9,12 +9,14 @@ that answers without limit amplifies floods towards the forged victim).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from netd.metrics import NO_DATAGRAM_METRICS, DatagramListenerMetrics
 from netd.throttledlog import ThrottledLog
 
 #: Source ports of services that answer any datagram: echo, daytime,
@@ -81,11 +83,14 @@ class GuardedDatagramProtocol(DatagramProtocol):
     sources.
 
     @ivar reflectionPorts: source ports never answered.
+    @ivar metrics: the UDP endpoint's, which its plugin's
+        C{makeDatagramProtocol} was given.
     """
 
     log = Logger()
     noisy = False
     reflectionPorts: frozenset[int] = REFLECTION_PORTS
+    metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS
 
     def __init__(self, serviceName: str, limiter: PerSourceRateLimiter) -> None:
         """
@@ -96,6 +101,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
         self.limiter = limiter
         self.dropped = 0
         self._dropLog = ThrottledLog(limiter.clock)
+        self._replyLog = ThrottledLog(limiter.clock)
 
     def logPrefix(self) -> str:
         return self.serviceName
@@ -106,8 +112,9 @@ class GuardedDatagramProtocol(DatagramProtocol):
         """
         raise NotImplementedError
 
-    def _drop(self, host: str, port: int) -> None:
+    def _drop(self, host: str, port: int, reason: str) -> None:
         self.dropped += 1
+        self.metrics.dropped(reason)
         self._dropLog.emit(
             self.log.info,
             "{service} dropped a datagram from {host}:{port}",
@@ -127,23 +134,41 @@ class GuardedDatagramProtocol(DatagramProtocol):
     def datagramReceived(self, data: bytes, address: Any) -> None:
         host, port = address[:2]
         if port in self.reflectionPorts:
-            self._drop(host, port)
+            self._drop(host, port, "loop-guard")
             return
         if self.limiter.allow(host):
             answer = self.reply(data, address)
         else:
-            self._drop(host, port)
+            self._drop(host, port, "rate-limit")
             answer = self.limitedReply(data, address)
         if answer is None:
             return
         try:
             self.transport.write(answer, address)
         except (OSError, MessageLengthError) as error:
-            # Too big for a datagram, or the route went away: nothing to resend.
-            self.log.info(
+            # Too big for one datagram (a prefix on a datagram of the
+            # largest size), or the route went away: the reply is dropped
+            # whole, never cut short.
+            self.dropped += 1
+            self.metrics.dropped(_dropReason(error))
+            self._replyLog.emit(
+                self.log.info,
                 "{service} could not answer {host}:{port}: {error}",
                 service=self.serviceName,
                 host=host,
                 port=port,
                 error=error,
             )
+        else:
+            self.metrics.sent()
+
+
+def _dropReason(error: Exception) -> str:
+    """
+    The metrics' reason for a reply that could not be sent.
+    """
+    if isinstance(error, MessageLengthError) or getattr(error, "errno", None) == (
+        errno.EMSGSIZE
+    ):
+        return "too-big"
+    return "send-error"

@@ -29,6 +29,7 @@ import twisted
 from netd import __version__
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import describeAddress
+from netd.metrics import NO_METRICS, Metrics
 from netd.plugin import IGracefulProtocol, INetdService
 from netd.policy import Policy
 from netd.reload import Reload
@@ -83,6 +84,7 @@ class NetdService(MultiService):
         reread: Callable[[], Mapping[str, Any]] | None = None,
         notifier: Notifier | None = None,
         handleSignals: bool = False,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         """
         @param reactor: an L{IReactorTime}, for the grace period.
@@ -93,8 +95,10 @@ class NetdService(MultiService):
         @param notifier: where readiness goes; nowhere by default.
         @param handleSignals: whether to reload on C{SIGHUP} (only for the
             real reactor in the main thread).
+        @param metrics: where reloads are counted.
         """
         super().__init__()
+        self.metrics = metrics
         self.reactor = reactor
         self.settings = dict(settings)
         self.reread = reread
@@ -278,6 +282,7 @@ class NetdService(MultiService):
         except UsageError as error:
             self.log.error("reload failed, nothing changed: {error}", error=str(error))
             self.notifier.ready(f"reload failed: {error}; {self.status}")
+            self.metrics.reloaded("failed")
             return False
         needsRestart = Reload(self, self.log).apply(fresh)
         for key in needsRestart:
@@ -286,6 +291,7 @@ class NetdService(MultiService):
             "reload done: {count} changes need a restart", count=len(needsRestart)
         )
         self.notifier.ready(self.status)
+        self.metrics.reloaded("needs-restart" if needsRestart else "applied")
         return True
 
 

@@ -21,6 +21,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+#: How many bytes a UDP listener reads of each datagram: enough for the
+#: largest, so that none is cut short (65,507 bytes of payload over IPv4,
+#: 65,527 over IPv6; Twisted reads 8,192 unless told).
+MAX_DATAGRAM_SIZE = 65535
+
 
 class StartupError(Exception):
     """
@@ -257,7 +262,8 @@ class StreamListener(Service):
 
 class DatagramListener(Service):
     """
-    Listen on one UDP port for one netd service.
+    Listen on one UDP port for one netd service, reading datagrams of any
+    size whole (L{MAX_DATAGRAM_SIZE}).
 
     @ivar port: the UDP port once listening, else L{None}.
     """
@@ -289,13 +295,18 @@ class DatagramListener(Service):
         if self.description.split(":", 1)[0].lower() == "udp":
             portNumber, interface = parseDatagramEndpoint(self.description)
             return self.reactor.listenUDP(
-                portNumber, self.protocol, interface=interface
+                portNumber,
+                self.protocol,
+                interface=interface,
+                maxPacketSize=MAX_DATAGRAM_SIZE,
             )
         from netd.systemd import adoptDatagramSocket, inheritedDescriptor
 
         family, name, index = parseInheritedDatagramEndpoint(self.description)
         descriptor = inheritedDescriptor(name, index)
-        return adoptDatagramSocket(self.reactor, descriptor, family, self.protocol)
+        return adoptDatagramSocket(
+            self.reactor, descriptor, family, self.protocol, MAX_DATAGRAM_SIZE
+        )
 
     def privilegedStartService(self) -> None:
         """

@@ -98,6 +98,10 @@ class INetdService(Interface):
 
         @param options: the service's options by their short names.
         @param reactor: the reactor, for its clock and anything else it needs.
+
+        A provider whose C{makeFactory} takes a keyword argument C{metrics}
+        is given the service's L{netd.metrics.ServiceMetrics} (do-nothing
+        ones when C{--metrics} is off).
         """
 
     def makeDatagramProtocol(options: Mapping[str, Any], reactor: Any) -> Any:
@@ -105,6 +109,10 @@ class INetdService(Interface):
         Build a L{twisted.internet.protocol.DatagramProtocol} for one UDP
         endpoint (called once per endpoint: a datagram protocol is bound to
         one port).
+
+        A provider whose C{makeDatagramProtocol} takes a keyword argument
+        C{metrics} is given the endpoint's
+        L{netd.metrics.DatagramListenerMetrics}.
         """
 
     def listeningNote(options: Mapping[str, Any]) -> str | None:

@@ -24,6 +24,12 @@ from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 
 from netd.listeners import describeAddress
+from netd.metrics import (
+    NO_DATAGRAM_METRICS,
+    NO_STREAM_METRICS,
+    DatagramListenerMetrics,
+    StreamListenerMetrics,
+)
 from netd.throttledlog import ThrottledLog
 from netd.wrappers import PassThroughWrapper
 
@@ -257,9 +263,16 @@ class PolicyFactory(WrappingFactory):
             reason = self.budget.refusal(self.serviceName)
         return reason
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(
+        self, addr: Any, metrics: StreamListenerMetrics = NO_STREAM_METRICS
+    ) -> Any:
+        """
+        Accept or refuse a client, reporting to C{metrics}: its listener's
+        (L{netd.metrics.ListenerFactory}).
+        """
         reason = self.refusal(addr)
         if reason is not None:
+            metrics.refused(reason)
             self._refusalLog.emit(
                 self.log.info,
                 "{service} refused {peer}: {reason}",
@@ -271,7 +284,9 @@ class PolicyFactory(WrappingFactory):
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             # The service refused; returning None would break TLS wrappers.
+            metrics.refused("service")
             return RefusedConnection()
+        wrapped.metrics = metrics  # the connection log reports each connection
         connection = self.protocol(self, wrapped)  # type: ignore[arg-type]
         connection.source = _hostOf(addr)
         connection.idleTimeout = self.policy.settings.idleTimeout
@@ -310,14 +325,21 @@ class PolicedDatagramProtocol(DatagramProtocol):
     noisy = False
 
     def __init__(
-        self, serviceName: str, wrapped: Any, policy: Policy, clock: Any
+        self,
+        serviceName: str,
+        wrapped: Any,
+        policy: Policy,
+        clock: Any,
+        metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS,
     ) -> None:
         """
         @param serviceName: the netd service, for logs.
         @param wrapped: the service's own datagram protocol.
         @param policy: the service's L{Policy}.
         @param clock: an L{IReactorTime}, to throttle the log of drops.
+        @param metrics: the UDP endpoint's.
         """
+        self.metrics = metrics
         self.serviceName = serviceName
         self.wrapped = wrapped
         self.policy = policy
@@ -335,9 +357,11 @@ class PolicedDatagramProtocol(DatagramProtocol):
         self.wrapped.doStop()
 
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.metrics.received()
         reason = self.policy.settings.refusal(clientAddress(address[0]))
         if reason is not None:
             self.dropped += 1
+            self.metrics.dropped("policy")
             self._dropLog.emit(
                 self.log.info,
                 "{service} dropped a datagram from {host}: {reason}",

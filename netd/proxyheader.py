@@ -183,9 +183,11 @@ class ProxyHeaderFactory(WrappingFactory):
 
     When the wrapped factory is netd's access policy
     (L{netd.policy.PolicyFactory}: it has C{policy}, C{refusal},
-    C{registerProtocol} and C{unregisterProtocol}), its settings say which
-    proxies are trusted, it judges the proxy's address first, and counts a
-    connection waiting for its header as one from the proxy.
+    C{registerProtocol} and C{unregisterProtocol}), or a listener's view of
+    it (L{netd.metrics.ListenerFactory}, with the policy as its C{factory}),
+    the policy's settings say which proxies are trusted, it judges the
+    proxy's address first, and counts a connection waiting for its header as
+    one from the proxy; a refusal is reported to the listener's metrics.
     """
 
     protocol = ProxiedConnection  # type: ignore[assignment]
@@ -205,26 +207,30 @@ class ProxyHeaderFactory(WrappingFactory):
         self.clock = clock
         self.headerTimeout = headerTimeout
         self._refusalLog = ThrottledLog(clock, interval=1.0, lines=10)
+        policed = wrappedFactory
+        if not hasattr(policed, "refusal"):
+            policed = getattr(wrappedFactory, "factory", None)
+        #: The service's access policy factory, or None.
+        self.policed: Any = policed if hasattr(policed, "refusal") else None
 
     def trustedProxies(self) -> tuple[Network, ...]:
         """
         The ranges headers are believed from: the service's policy's
         C{trustedProxies}, else loopback.
         """
-        settings = getattr(
-            getattr(self.wrappedFactory, "policy", None), "settings", None
-        )
+        settings = getattr(getattr(self.policed, "policy", None), "settings", None)
         return getattr(settings, "trustedProxies", DEFAULT_TRUSTED_PROXIES)
 
     def buildProtocol(self, addr: Any) -> Any:
         reason = None
         if not isTrustedProxy(addr, self.trustedProxies()):
             reason = "not a trusted proxy (--trusted-proxy), its PROXY header ignored"
-        else:
-            refusal = getattr(self.wrappedFactory, "refusal", None)
-            if refusal is not None:
-                reason = refusal(addr)
+        elif self.policed is not None:
+            reason = self.policed.refusal(addr)
         if reason is not None:
+            metrics = getattr(self.wrappedFactory, "metrics", None)
+            if metrics is not None:
+                metrics.refused(reason)
             self._refusalLog.emit(
                 self.log.info,
                 "{service} refused {peer}: {reason}",
@@ -244,10 +250,9 @@ class ProxyHeaderFactory(WrappingFactory):
 
         @return: whether it is counted (and must be released).
         """
-        register = getattr(self.wrappedFactory, "registerProtocol", None)
-        if register is None or not hasattr(self.wrappedFactory, "refusal"):
+        if self.policed is None:
             return False
-        register(connection)
+        self.policed.registerProtocol(connection)
         return True
 
     def releasePending(self, connection: ProxiedConnection) -> None:
@@ -255,7 +260,7 @@ class ProxyHeaderFactory(WrappingFactory):
         The header came, or the connection ended: it no longer counts as
         one from the proxy.
         """
-        self.wrappedFactory.unregisterProtocol(connection)
+        self.policed.unregisterProtocol(connection)
 
     def headerFailed(self, peer: Any, reason: str) -> None:
         """
@@ -270,7 +275,7 @@ class ProxyHeaderFactory(WrappingFactory):
         )
 
     def _serviceName(self) -> str:
-        return str(getattr(self.wrappedFactory, "serviceName", self.logPrefix()))
+        return str(getattr(self.policed, "serviceName", self.logPrefix()))
 
     def logPrefix(self) -> str:
         prefix = getattr(self.wrappedFactory, "logPrefix", None)

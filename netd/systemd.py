@@ -180,7 +180,7 @@ def familyMismatch(descriptor: int, family: int) -> str | None:
 
 
 def adoptDatagramSocket(
-    reactor: Any, descriptor: int, family: int, protocol: Any
+    reactor: Any, descriptor: int, family: int, protocol: Any, maxPacketSize: int
 ) -> Any:
     """
     Serve C{protocol} on an inherited UDP socket, and close the inherited
@@ -188,6 +188,7 @@ def adoptDatagramSocket(
 
     @param family: the address family the operator declared (C{AF_INET} for
         both IPv4 and IPv6 sockets of C{domain=INET}).
+    @param maxPacketSize: how many bytes to read of each datagram.
     @raise ValueError: when the descriptor is not a datagram socket.
     @return: the listening port.
     """
@@ -203,6 +204,6 @@ def adoptDatagramSocket(
             f"not {socket.AddressFamily(family).name}"
         )
     os.set_blocking(descriptor, False)
-    port = reactor.adoptDatagramPort(descriptor, family, protocol)
+    port = reactor.adoptDatagramPort(descriptor, family, protocol, maxPacketSize)
     os.close(descriptor)
     return port

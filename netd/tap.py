@@ -9,6 +9,7 @@ C{[NAME]} to the config file.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -35,6 +36,7 @@ from netd.listeners import (
     StreamListener,
     isDatagramEndpoint,
 )
+from netd.metrics import NO_METRICS, ListenerFactory, PrometheusMetrics
 from netd.plugin import INetdService, discoverServices
 from netd.policy import (
     DEFAULT_TRUSTED_PROXIES,
@@ -70,7 +72,7 @@ _POLICY_DEFAULTS = {
     "max-per-source": None,
     "idle-timeout": 300.0,
 }
-_GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset({"services", "grace", "metrics", *POLICY_KEYS})
 
 
 class Options(usage.Options):
@@ -133,6 +135,13 @@ class Options(usage.Options):
             "Seconds connections in flight get to finish when netd stops "
             f"[default: {DEFAULT_GRACE:g}].",
             namedCoerce("grace", float),
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics on this stream endpoint, "
+            "e.g. tcp:9109:interface=127.0.0.1 [default: off].",
         ],
     ]
 
@@ -226,6 +235,13 @@ class Options(usage.Options):
         if not 0 <= self["grace"] < float("inf"):
             raise usage.UsageError(
                 f"--grace must be a number of seconds, not {self['grace']!r}"
+            )
+
+        if self["metrics"] is None and "metrics" in fileConfig:
+            self["metrics"] = configValue("metrics", fileConfig["metrics"], None)
+        if self["metrics"] is not None and isDatagramEndpoint(self["metrics"]):
+            raise usage.UsageError(
+                f"--metrics needs a stream endpoint, not {self['metrics']!r}"
             )
 
         chosen = chooseServices(self["services"], fileConfig, self.available)
@@ -367,17 +383,20 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
+    metrics = PrometheusMetrics(reactor) if config["metrics"] else NO_METRICS
     netd = NetdService(
         reactor,
-        {"grace": config["grace"]},
+        {"grace": config["grace"], "metrics": config["metrics"]},
         reread=config.reread,
         notifier=Notifier.fromEnvironment() if handleSignals else None,
         handleSignals=handleSignals,
+        metrics=metrics,
     )
     budget = _descriptorBudget(config, raiseLimit=handleSignals)
     backlog = listenBacklog()
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
+        serviceMetrics = metrics.service(service.name)
         running = RunningService(
             service,
             dict(options),
@@ -388,10 +407,13 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         policed = None
         for description in running.endpoints:
             if isDatagramEndpoint(description):
-                protocol = service.makeDatagramProtocol(options, reactor)
+                datagramMetrics = serviceMetrics.datagramListener(description)
+                protocol = _make(
+                    service.makeDatagramProtocol, options, reactor, datagramMetrics
+                )
                 running.datagramProtocols.append(protocol)
                 protocol = PolicedDatagramProtocol(
-                    service.name, protocol, running.policy, reactor
+                    service.name, protocol, running.policy, reactor, datagramMetrics
                 )
                 listener: Any = DatagramListener(
                     service.name, description, reactor, protocol
@@ -399,7 +421,9 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
             else:
                 if running.factory is None:
                     running.factory = ConnectionLoggingFactory(
-                        service.name, service.makeFactory(options, reactor), reactor
+                        service.name,
+                        _make(service.makeFactory, options, reactor, serviceMetrics),
+                        reactor,
                     )
                     policed = PolicyFactory(
                         service.name, running.factory, running.policy, reactor
@@ -409,12 +433,23 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                     service.name,
                     description,
                     _streamEndpoint(service.name, description, reactor, backlog),
-                    policed,
+                    policed
+                    if metrics is NO_METRICS
+                    else ListenerFactory(
+                        policed, serviceMetrics.streamListener(description)
+                    ),
                 )
                 listeningNote = getattr(service, "listeningNote", None)
                 if listeningNote is not None:
                     listener.note = listeningNote(options) or ""
             listener.setServiceParent(netd)
+    if isinstance(metrics, PrometheusMetrics):
+        StreamListener(
+            "metrics",
+            config["metrics"],
+            _streamEndpoint("metrics", config["metrics"], reactor),
+            metrics.site(),
+        ).setServiceParent(netd)
     return netd
 
 
@@ -464,13 +499,25 @@ def _descriptorBudget(config: Options, raiseLimit: bool) -> DescriptorBudget:
 _log = Logger()
 
 
+def _make(build: Any, options: Any, reactor: Any, metrics: Any) -> Any:
+    """
+    Call a plugin's C{makeFactory} or C{makeDatagramProtocol}, with
+    C{metrics} when it takes them (see L{INetdService}).
+    """
+    if "metrics" in inspect.signature(build).parameters:
+        return build(options, reactor, metrics=metrics)
+    return build(options, reactor)
+
+
 def _streamEndpoint(
     serviceName: str, description: str, reactor: Any, backlog: int = 0
 ) -> Any:
     """
     Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
     reader (L{netd.proxyheader}), which hands the service the real client,
-    and C{tls:} is always netd's (Twisted registers a C{tls:} of its own).
+    C{tls:} is always netd's (Twisted registers a C{tls:} of its own), and
+    C{ssl:} takes a client's C{close_notify} as a half-close
+    (L{netd.tlshalfclose}), as C{tls:} does.
 
     @param backlog: the listen backlog for endpoints that do not set one
         (L{netd.budgets.withBacklog}); 0 leaves them Twisted's.
@@ -489,7 +536,12 @@ def _streamEndpoint(
             from netd.tls import parseTLSEndpoint
 
             return parseTLSEndpoint(reactor, listening)
-        endpoint = serverFromString(reactor, listening)
+        if kind == "ssl":
+            from netd.tlshalfclose import HalfCloseableTLSReactor
+
+            endpoint = serverFromString(HalfCloseableTLSReactor(reactor), listening)
+        else:
+            endpoint = serverFromString(reactor, listening)
     except StartupError:
         raise
     except Exception as error:

@@ -217,6 +217,7 @@ class ServerCertificates:
 class TLSServerEndpoint:
     """
     Listen for TLS connections over TCP: the endpoint C{tls:} describes.
+    A client's C{close_notify} is a half-close (L{netd.tlshalfclose}).
 
     @ivar certificates: the L{ServerCertificates} it serves.
     """
@@ -251,8 +252,11 @@ class TLSServerEndpoint:
         """
         from twisted.internet.defer import execute
 
+        from netd.tlshalfclose import listenTLS
+
         return execute(
-            self.reactor.listenSSL,
+            listenTLS,
+            self.reactor,
             self.port,
             protocolFactory,
             self.certificates,
@@ -321,7 +325,9 @@ def twistedTLSEndpoint(reactor: Any, *args: str, **kwargs: str) -> Any:
     parser = getattr(endpoints, "_TLSServerEndpointParser", None)
     if parser is None:
         raise ValueError("tls: needs privateKey=FILE")
-    return parser().parseStreamServer(reactor, *args, **kwargs)
+    from netd.tlshalfclose import halfCloseableTwistedTLS
+
+    return halfCloseableTwistedTLS(parser().parseStreamServer(reactor, *args, **kwargs))
 
 
 def parseTLSEndpoint(reactor: Any, description: str) -> Any:

@@ -17,6 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from netd.metrics import ListenerFactory, StreamListenerMetrics
 from netd.policy import (
     Policy,
     PolicyFactory,
@@ -295,3 +296,34 @@ class TrustTests(SynchronousTestCase):
             any("malformed PROXY header" in line for line in self.logged()),
             self.logged(),
         )
+
+
+class ListenerMetricsTrustTests(TrustTests):
+    """
+    The same with metrics on: the policy reached through the listener's
+    L{ListenerFactory}, and refusals reported to the listener's metrics.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.refusals: list[str] = []
+        refusals = self.refusals
+
+        class Recording(StreamListenerMetrics):
+            def refused(self, reason: str) -> None:
+                refusals.append(reason)
+
+        self.factory = ProxyHeaderFactory(
+            ListenerFactory(self.policed, Recording()), self.clock
+        )
+
+    def test_refusalReported(self) -> None:
+        """
+        A refusal before the header is reported to the listener's metrics.
+        """
+        self.policy.update(
+            PolicySettings(trustedProxies=(parseNetwork("192.0.2.0/24"),))
+        )
+        self.connect("127.0.0.1")
+        self.assertEqual(len(self.refusals), 1)
+        self.assertIn("not a trusted proxy", self.refusals[0])

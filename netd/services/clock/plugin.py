@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
+from netd.metrics import NO_DATAGRAM_METRICS, DatagramListenerMetrics
 from netd.plugin import UDP_RATE_OPTION, DatagramServicePlugin
 
 
@@ -31,14 +32,21 @@ class _AnnouncingService(DatagramServicePlugin):
 
         return AnnouncingFactory(self.announcer(options, reactor))
 
-    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeDatagramProtocol(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS,
+    ) -> Any:
         from netd.services.clock.server import AnnouncingDatagramProtocol
 
-        return AnnouncingDatagramProtocol(
+        protocol = AnnouncingDatagramProtocol(
             self.name,
             self.announcer(options, reactor),
             self.limiter(options, reactor),
         )
+        protocol.metrics = metrics
+        return protocol
 
 
 class DaytimeService(_AnnouncingService):
@@ -145,15 +153,22 @@ class SNTPService(DatagramServicePlugin):
         except ValueError as error:
             raise UsageError(f"--sntp-refid: {error}") from None
 
-    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeDatagramProtocol(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS,
+    ) -> Any:
         from netd.services.clock.server import SNTPServerProtocol, parseReferenceId
 
-        return SNTPServerProtocol(
+        protocol = SNTPServerProtocol(
             reactor,
             self.limiter(options, reactor),
             stratum=options["stratum"],
             referenceId=parseReferenceId(options["refid"]),
         )
+        protocol.metrics = metrics
+        return protocol
 
 
 daytime = DaytimeService()

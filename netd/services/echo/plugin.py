@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
+from netd.metrics import NO_DATAGRAM_METRICS, DatagramListenerMetrics
 from netd.plugin import UDP_RATE_OPTION, DatagramServicePlugin
 
 
@@ -60,13 +61,20 @@ class EchoService(DatagramServicePlugin):
             delay=options["delay"],
         )
 
-    def makeDatagramProtocol(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeDatagramProtocol(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS,
+    ) -> Any:
         from netd.services.echo.server import EchoDatagramProtocol, EchoReplies
 
-        return EchoDatagramProtocol(
+        protocol = EchoDatagramProtocol(
             EchoReplies(reactor, options["prefix"].encode("utf-8"), options["stamp"]),
             self.limiter(options, reactor),
         )
+        protocol.metrics = metrics
+        return protocol
 
     def reconfigure(
         self,

@@ -15,6 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
+from netd.metrics import NO_SERVICE_METRICS, ServiceMetrics
 from netd.plugin import ServicePlugin
 
 
@@ -110,7 +111,12 @@ class GetFileService(ServicePlugin):
         """
         return f"serving {os.path.realpath(options['root'] or os.getcwd())}"
 
-    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeFactory(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: ServiceMetrics = NO_SERVICE_METRICS,
+    ) -> Any:
         """
         Build the factory for the root, which must be a readable directory.
 
@@ -126,6 +132,7 @@ class GetFileService(ServicePlugin):
             sendfile=not options["no-sendfile"],
             maxPerSource=options["max-per-source"],
             stallTimeout=options["stall-timeout"],
+            metrics=metrics.getfile(),
         )
 
     def reconfigure(

@@ -39,6 +39,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
 from netd.listeners import describeAddress
+from netd.metrics import NO_GETFILE_METRICS, GetFileMetrics
 from netd.plugin import IGracefulProtocol
 from netd.policy import Address, clientAddress
 from netd.services.getfile.confinement import (
@@ -506,6 +507,7 @@ class GetFileProtocol(Protocol):
         self._answered = True
         self._cancelTimeout()
         self._outcome = f"refused: {refused.code} {refused.reason}"
+        self.factory.metrics.refused(refused.code)
         if self.request is not None:
             extended = self.request.extended
         else:
@@ -546,6 +548,7 @@ class GetFileProtocol(Protocol):
                 peer=self._peer(),
             )
             return
+        self.factory.metrics.transferEnded(self._outcome == "sent")
         self.log.info(
             "getfile {peer} {path!r} ({form} form, offset {offset}): {outcome}, "
             "{sent} of {size} bytes",
@@ -578,6 +581,7 @@ class GetFileFactory(Factory):
         closed (0: never).
     @ivar transfers: the protocols whose transfer is under way.
     @ivar perSource: how many transfers each client address has under way.
+    @ivar metrics: what transfers and refusals are reported to.
     """
 
     protocol = GetFileProtocol  # type: ignore[assignment]
@@ -592,10 +596,12 @@ class GetFileFactory(Factory):
         sendfile: bool = True,
         maxPerSource: int = 8,
         stallTimeout: float = 60.0,
+        metrics: GetFileMetrics = NO_GETFILE_METRICS,
     ) -> None:
         """
         @param root: the directory to serve; resolved now.
         """
+        self.metrics = metrics
         self.clock = clock
         self.root = ConfinedRoot(root)
         self.requestTimeout = requestTimeout

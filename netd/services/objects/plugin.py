@@ -19,6 +19,7 @@ from typing import Any
 
 from twisted.python.usage import UsageError
 
+from netd.metrics import NO_SERVICE_METRICS, ServiceMetrics
 from netd.plugin import ServicePlugin
 
 AUTHKEY_VARIABLE = "NETD_OBJECTS_AUTHKEY"
@@ -175,7 +176,12 @@ class ObjectsService(ServicePlugin):
                     "--objects-dangerously-allow-unauthenticated"
                 )
 
-    def makeFactory(self, options: Mapping[str, Any], reactor: Any) -> Any:
+    def makeFactory(
+        self,
+        options: Mapping[str, Any],
+        reactor: Any,
+        metrics: ServiceMetrics = NO_SERVICE_METRICS,
+    ) -> Any:
         from netd.listeners import StartupError
         from netd.services.objects.server import HANDLERS, ObjectsFactory
         from netd.services.objects.unpickling import resolveName
@@ -206,6 +212,7 @@ class ObjectsService(ServicePlugin):
             maxBytes=options["max-bytes"],
             maxPending=options["max-pending"],
             threadPool=threadPool,
+            metrics=metrics.objects(),
         )
         factory.handshakeTimeout = options["handshake-timeout"]
         return factory

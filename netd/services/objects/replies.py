@@ -13,6 +13,7 @@ reads such a pickle as well, mapping the names back.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from netd.services.objects.unpickling import builtinException
@@ -74,7 +75,9 @@ def replyException(error: BaseException, protocol: int) -> Exception:
     return Exception(str(nearest))
 
 
-def encodeReply(result: Any, protocol: int) -> bytes:
+def encodeReply(
+    result: Any, protocol: int, unpicklable: Callable[[], None] | None = None
+) -> bytes:
     """
     Pickle a reply in C{protocol}. An exception (the handler's, or one
     raised while pickling the result) becomes L{replyException}'s.
@@ -82,6 +85,8 @@ def encodeReply(result: Any, protocol: int) -> bytes:
     @param result: the handler's value, or the exception to report.
     @param protocol: the request's protocol (see
         L{netd.services.objects.unpickling.requestProtocol}).
+    @param unpicklable: called when a value (not an exception) cannot be
+        pickled and an error is sent instead.
     @return: the reply pickle.
     """
     fixImports = protocol <= PYTHON2_PROTOCOL
@@ -90,6 +95,8 @@ def encodeReply(result: Any, protocol: int) -> bytes:
     try:
         return pickle.dumps(result, protocol, fix_imports=fixImports)
     except Exception as error:
+        if unpicklable is not None and not isinstance(result, BaseException):
+            unpicklable()
         return pickle.dumps(
             replyException(error, protocol), protocol, fix_imports=fixImports
         )

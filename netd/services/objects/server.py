@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.metrics import NO_OBJECTS_METRICS, ObjectsMetrics
 from netd.plugin import IGracefulProtocol
 from netd.services.objects.replies import encodeReply
 from netd.services.objects.unpickling import (
@@ -177,6 +178,7 @@ class ObjectsServerProtocol(FrameReceiver):
             self._fail("the client rejected the server's answer")
 
     def _fail(self, reason: str, reply: bytes | None = None) -> None:
+        self.factory.metrics.authenticationFailed()
         self.log.info(
             "objects: {peer} failed the handshake: {reason}",
             peer=self.peer,
@@ -197,7 +199,7 @@ class ObjectsServerProtocol(FrameReceiver):
 
     def _request(self, frame: bytes) -> None:
         self.requests += 1
-        result = self.factory.process(frame, self.peer)
+        result = self.factory.metrics.timed(self.factory.process, frame, self.peer)
         if isinstance(result, bytes) and not self._replies:
             self.sendFrame(result)
             self._closeIfStopping()
@@ -307,6 +309,8 @@ class ObjectsFactory(Factory):
     @ivar maxPending: requests one connection may have in progress at once.
     @ivar handshakeTimeout: seconds a client has to finish the handshake
         (with an authkey) before it is cut off; 0 for no deadline.
+    @ivar metrics: what requests, errors and handshake failures are
+        reported to.
     """
 
     protocol = ObjectsServerProtocol  # type: ignore[assignment]
@@ -323,6 +327,7 @@ class ObjectsFactory(Factory):
         maxBytes: int = DEFAULT_MAX_BYTES,
         maxPending: int = DEFAULT_MAX_PENDING,
         threadPool: Any = None,
+        metrics: ObjectsMetrics = NO_OBJECTS_METRICS,
     ) -> None:
         """
         @param reactor: the reactor (for the thread pool's results).
@@ -338,6 +343,7 @@ class ObjectsFactory(Factory):
         self.maxBytes = maxBytes
         self.maxPending = maxPending
         self.threadPool = threadPool
+        self.metrics = metrics
         self._refusalLog = ThrottledLog(reactor, interval=1.0, lines=10)
 
     def process(self, frame: bytes, peer: str) -> bytes | defer.Deferred[bytes]:
@@ -400,4 +406,6 @@ class ObjectsFactory(Factory):
         """
         Pickle a reply in C{protocol} (see L{encodeReply}).
         """
-        return encodeReply(result, protocol)
+        if isinstance(result, BaseException):
+            self.metrics.failed()
+        return encodeReply(result, protocol, unpicklable=self.metrics.failed)
