@@ -30,6 +30,7 @@ from netd.budgets import (
     perSourceShare,
     withBacklog,
 )
+from netd.metrics import refusalReason
 from netd.policy import Policy, PolicyFactory, PolicySettings
 from netd.services.objects.client import connectObjects
 from netd.tap import _streamEndpoint
@@ -206,7 +207,7 @@ class DescriptorBudgetTests(SynchronousTestCase):
             held += 1
             self.assertLess(held, 1024)
         self.assertEqual(held, budget.most("a"))
-        self.assertIn("descriptor budget", budget.refusal("a") or "")
+        self.assertEqual(refusalReason(budget.refusal("a") or ""), "descriptors")
         for name in "bcd":
             for _ in range(budget.guaranteed[name]):
                 self.assertIsNone(budget.refusal(name), name)

@@ -17,7 +17,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from netd.metrics import ListenerFactory, StreamListenerMetrics
+from netd.metrics import ListenerFactory, StreamListenerMetrics, refusalReason
 from netd.policy import (
     Policy,
     PolicyFactory,
@@ -326,4 +326,4 @@ class ListenerMetricsTrustTests(TrustTests):
         )
         self.connect("127.0.0.1")
         self.assertEqual(len(self.refusals), 1)
-        self.assertIn("not a trusted proxy", self.refusals[0])
+        self.assertEqual(refusalReason(self.refusals[0]), "untrusted-proxy")
