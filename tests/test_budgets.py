@@ -28,6 +28,7 @@ from netd.budgets import (
     descriptorBudget,
     listenBacklog,
     perSourceShare,
+    raiseDescriptorLimit,
     withBacklog,
 )
 from netd.metrics import refusalReason
@@ -72,6 +73,30 @@ class PerSourceShareTests(SynchronousTestCase):
             [perSourceShare(n) for n in (0, 1, 16, 100, 1000, 4096)],
             [0, 1, 16, 16, 100, 409],
         )
+
+
+class RaiseLimitTests(SynchronousTestCase):
+    """
+    L{raiseDescriptorLimit} when the soft limit is already the hard one,
+    and when raising it is not allowed (a seccomp filter, as systemd's
+    C{SystemCallFilter=~@privileged} holds C{setrlimit}).
+    """
+
+    def test_atTheHardLimit(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.patch(resource, "getrlimit", lambda kind: (hard, hard))
+        self.patch(resource, "setrlimit", self.fail)
+        self.assertEqual(raiseDescriptorLimit(), (hard, hard, None))
+
+    def test_notAllowed(self) -> None:
+        def refuse(kind: int, limits: tuple[int, int]) -> None:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        self.patch(resource, "getrlimit", lambda kind: (1024, 4096))
+        self.patch(resource, "setrlimit", refuse)
+        before, after, problem = raiseDescriptorLimit()
+        self.assertEqual((before, after), (1024, 1024))
+        self.assertIn("Operation not permitted", problem or "")
 
 
 class BacklogTests(SynchronousTestCase):
