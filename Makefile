@@ -13,13 +13,27 @@ SYSTEM_COMMANDS := nc openssl rdate haproxy systemd-socket-activate systemd-anal
 SYSTEM_PACKAGES := netcat-openbsd openssl rdate haproxy systemd \
 	ntpsec-ntpdate xinetd util-linux iproute2 socat
 
-.PHONY: run test trial lint sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
+.PHONY: run test trial lint lock man sysdeps python2 bench-deps bench bench-quick bench-echo bench-objects bench-getfile clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Installed with the versions CI tested (constraints.txt; `make lock` renews it).
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,lint,bench]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,lint,bench]'
 	touch $@
+
+## lock: renew constraints.txt: the newest versions setup.cfg allows, installed
+## in a fresh environment (then `make test`, and commit both if it passes)
+lock:
+	rm -rf $(VENV)-lock
+	$(PYTHON) -m venv $(VENV)-lock
+	$(VENV)-lock/bin/python -m pip install -q --upgrade pip
+	$(VENV)-lock/bin/python -m pip install -q '.[test,lint,bench]'
+	{ echo "# The versions CI tested: make run and make test install with -c constraints.txt."; \
+	  echo "# Made by make lock with $$($(VENV)-lock/bin/python --version); do not edit by hand."; \
+	  $(VENV)-lock/bin/python -m pip freeze --exclude-editable | grep -viE '^netd([-_ =@]|$$)'; \
+	} > constraints.txt
+	rm -rf $(VENV)-lock build *.egg-info
 
 # The third-party service example, installed as a package of its own (not
 # editable): the tests prove that netd serves it with no change to netd.
@@ -42,6 +56,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check netd tests bench twisted examples
 	$(BIN)/ruff format --check netd tests bench twisted examples
 	$(BIN)/mypy
+
+## man: write man/netd.8 again from the options of `twistd netd --help`
+man: $(VENV)/.installed
+	$(BIN)/python -m netd.manpage man/netd.8
 
 sysdeps:
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
@@ -104,5 +122,5 @@ bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
+	rm -rf $(VENV) $(VENV)-lock _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
 	find . -name dropin.cache -delete

@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
 
+from netd.porthold import explainListenError
+
 #: How many bytes a UDP listener reads of each datagram: enough for the
 #: largest, so that none is cut short (65,507 bytes of payload over IPv4,
 #: 65,527 over IPv6; Twisted reads 8,192 unless told).
@@ -196,9 +198,10 @@ class StreamListener(Service):
         starting = False
         if failures:
             self._listening = None
+            reason = explainListenError(failures[0].value, "tcp")
             raise StartupError(
                 f"{self.serviceName}: cannot listen on {self.description!r}: "
-                f"{failures[0].getErrorMessage()}"
+                f"{reason or failures[0].getErrorMessage()}"
             )
 
     def startService(self) -> None:
@@ -317,8 +320,9 @@ class DatagramListener(Service):
         try:
             self.port = self._listen()
         except Exception as error:
+            reason = explainListenError(error, "udp") or error
             raise StartupError(
-                f"{self.serviceName}: cannot listen on {self.description!r}: {error}"
+                f"{self.serviceName}: cannot listen on {self.description!r}: {reason}"
             ) from error
         self.log.info(
             "{service} listening on {address}",

@@ -26,9 +26,6 @@ from typing import Any
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -42,6 +39,7 @@ from netd.policy import (
     clientAddress,
 )
 from netd.throttledlog import ThrottledLog
+from netd.twistedprivate import InvalidProxyHeader, V1Parser, V2Parser
 from netd.wrappers import PassThroughWrapper
 
 V1_PREFIX = b"PROXY "

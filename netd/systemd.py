@@ -18,6 +18,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from netd.twistedprivate import systemdListenFDs
+
 
 class Notifier:
     """
@@ -103,18 +105,12 @@ class Notifier:
         return self.notify(STOPPING="1", STATUS="stopping")
 
 
-def _inherited() -> Any:
-    from twisted.internet.endpoints import _SystemdParser
-
-    return _SystemdParser._sddaemon
-
-
 def inheritedNames() -> str:
     """
     The names of the sockets handed over by the service manager, for
     messages: C{"echo, echo-udp"}, or C{"none"}.
     """
-    return ", ".join(sorted(_inherited().inheritedNamedDescriptors())) or "none"
+    return ", ".join(sorted(systemdListenFDs().inheritedNamedDescriptors())) or "none"
 
 
 def inheritedDescriptor(name: str | None, index: int | None) -> int:
@@ -131,7 +127,7 @@ def inheritedDescriptor(name: str | None, index: int | None) -> int:
     @raise LookupError: with a message for the operator, when there is no
         such socket.
     """
-    inherited = _inherited()
+    inherited = systemdListenFDs()
     if name is not None:
         named = inherited.inheritedNamedDescriptors()
         if name not in named:

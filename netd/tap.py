@@ -196,8 +196,7 @@ class Options(usage.Options):
         self["deny"].append(cidr)
 
     def opt_trusted_proxy(self, cidr: str) -> None:
-        """Believe PROXY headers (haproxy: endpoints) only from this range
-        (repeatable) [default: 127.0.0.0/8 and ::1]"""
+        """Believe PROXY headers only from here (repeatable) [default: loopback]"""
         self["trusted-proxy"].append(cidr)
 
     def reread(self) -> Options:

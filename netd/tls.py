@@ -320,9 +320,9 @@ def twistedTLSEndpoint(reactor: Any, *args: str, **kwargs: str) -> Any:
     Both Twisted and netd register the C{tls:} prefix; netd's parser takes
     Twisted's form too, so that either parser serves either form.
     """
-    from twisted.internet import endpoints
+    from netd.twistedprivate import twistedTLSParser
 
-    parser = getattr(endpoints, "_TLSServerEndpointParser", None)
+    parser = twistedTLSParser()
     if parser is None:
         raise ValueError("tls: needs privateKey=FILE")
     from netd.tlshalfclose import halfCloseableTwistedTLS

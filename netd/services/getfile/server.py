@@ -22,6 +22,7 @@ connections, and in chunks through the transport otherwise (TLS).
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -131,16 +132,16 @@ class FileTransfer:
         @param end: the offset after the last byte (the announced size).
         @param consumer: the transport to write to.
         @param finished: called once, with C{True} when every byte up to
-            C{end} was sent and C{False} when the file ended early (it
-            shrank) or could not be read. Not called when the transfer is
-            stopped from outside.
+            C{end} was sent, or with C{False} and why not: the file ended
+            early (it shrank), could not be read, or the client went away.
+            Not called when the transfer is stopped from outside.
         """
         self.fd: int | None = fd
         self.position = start
         self.end = end
         self.sent = 0
         self.consumer = consumer
-        self._finished: Callable[[bool], None] | None = finished
+        self._finished: Callable[..., None] | None = finished
         self._registered = False
 
     def start(self) -> None:
@@ -163,10 +164,11 @@ class FileTransfer:
             chunk = os.pread(
                 self.fd, min(self.chunkSize, self.end - self.position), self.position
             )
-        except OSError:
-            chunk = b""
+        except OSError as error:
+            self._finish(False, f"the file could not be read: {error.strerror}")
+            return
         if not chunk:
-            self._finish(False)
+            self._finish(False, FILE_ENDED)
             return
         self.position += len(chunk)
         self.sent += len(chunk)
@@ -189,24 +191,39 @@ class FileTransfer:
         if fd is not None:
             os.close(fd)
 
-    def _finish(self, complete: bool) -> None:
+    def _finish(self, complete: bool, why: str | None = None) -> None:
         self.close()
         finished, self._finished = self._finished, None
         if self._registered:
             self._registered = False
             self.consumer.unregisterProducer()
         if finished is not None:
-            finished(complete)
+            if complete:
+                finished(True)
+            else:
+                finished(False, why or FILE_ENDED)
 
 
-def sendBurst(socketFd: int, fd: int, position: int, count: int) -> tuple[int, bool]:
+#: Why a transfer stopped short: the file shrank after its size was sent.
+FILE_ENDED = "the file ended early"
+#: Why a transfer stopped short: the client closed or reset the connection.
+CLIENT_GONE = "the client went away"
+_PEER_ERRORS = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN}
+)
+
+
+def sendBurst(
+    socketFd: int, fd: int, position: int, count: int
+) -> tuple[int, str | None]:
     """
     Send up to C{count} bytes of a file from C{position} to a non-blocking
     socket with C{os.sendfile}, until the socket's buffer is full.
 
-    @return: how many bytes were sent, and whether the transfer cannot go
-        on: the file ended before C{count} bytes (it shrank), the peer went
-        away (C{EPIPE}, C{ECONNRESET}) or the file could not be read.
+    @return: how many bytes were sent, and why the transfer cannot go on
+        (L{None} when it can): the file ended before C{count} bytes
+        (L{FILE_ENDED}), the client went away (L{CLIENT_GONE}: C{EPIPE},
+        C{ECONNRESET}), or the file could not be read.
     """
     sent = 0
     try:
@@ -214,13 +231,15 @@ def sendBurst(socketFd: int, fd: int, position: int, count: int) -> tuple[int, b
             try:
                 now = os.sendfile(socketFd, fd, position + sent, count - sent)
             except BlockingIOError:
-                return sent, False
+                return sent, None
             if now == 0:
-                return sent, True
+                return sent, FILE_ENDED
             sent += now
-    except OSError:
-        return sent, True
-    return sent, False
+    except OSError as error:
+        if error.errno in _PEER_ERRORS:
+            return sent, CLIENT_GONE
+        return sent, f"the file could not be sent: {error.strerror}"
+    return sent, None
 
 
 class SendfileTransfer(FileTransfer):
@@ -305,11 +324,11 @@ class SendfileTransfer(FileTransfer):
     def _burstInThread(self, socketFd: int, fd: int, position: int, count: int) -> None:
         try:
             sent, ended = sendBurst(socketFd, fd, position, count)
-        except Exception:
-            sent, ended = 0, True
+        except Exception as error:
+            sent, ended = 0, f"the file could not be sent: {error}"
         self.threads.callFromThread(self._burstDone, sent, ended)
 
-    def _burstDone(self, sent: int, ended: bool) -> None:
+    def _burstDone(self, sent: int, ended: str | None) -> None:
         self._inFlight = False
         if self.fd is None:
             # Stopped while the burst was under way.
@@ -321,8 +340,8 @@ class SendfileTransfer(FileTransfer):
             reportSentDirectly(self.wrappers, sent)
         if self.position >= self.end:
             self._finish(True)
-        elif ended:
-            self._finish(False)
+        elif ended is not None:
+            self._finish(False, ended)
         else:
             self.socketTransport.startWriting()
 
@@ -495,8 +514,8 @@ class GetFileProtocol(Protocol):
             self.factory.stallTimeout, self._checkProgress
         )
 
-    def _finished(self, complete: bool) -> None:
-        self._outcome = "sent" if complete else "the file ended early"
+    def _finished(self, complete: bool, why: str = FILE_ENDED) -> None:
+        self._outcome = "sent" if complete else why
         self.transport.loseConnection()
 
     def _refuse(self, refused: RequestRefused) -> None:

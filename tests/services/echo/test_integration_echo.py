@@ -18,6 +18,15 @@ from twisted.trial.unittest import TestCase
 from netd.tap import Options
 from tests.common import BIN, TWISTD, CollectUntilClosed, runCommand, runNetd
 
+
+def ownCommand() -> str:
+    """
+    This process's command name, as C{/proc/PID/comm} gives it.
+    """
+    with open(f"/proc/{os.getpid()}/comm") as comm:
+        return comm.read().strip()
+
+
 ECHO_ONLY = ("--services", "echo", "--echo", "tcp:0:interface=127.0.0.1")
 
 
@@ -202,31 +211,39 @@ class StartupErrorTests(TestCase):
     @defer.inlineCallbacks
     def test_portInUse(self) -> Any:
         """
-        A port in use names the service and endpoint.
+        A port in use names the service, the endpoint, the port and the
+        program that holds it: here this test's own process.
         """
         taken = socket.socket()
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
-        endpoint = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        port = taken.getsockname()[1]
+        endpoint = f"tcp:{port}:interface=127.0.0.1"
         line = yield self.startWrongly("--echo", endpoint)
         self.assertEqual(
             line,
-            f"netd: echo: cannot listen on {endpoint!r}: Couldn't listen on "
-            f"127.0.0.1:{taken.getsockname()[1]}: [Errno 98] Address already in use.",
+            f"netd: echo: cannot listen on {endpoint!r}: port {port} is in use "
+            f"by pid {os.getpid()} ({ownCommand()})",
         )
 
     @defer.inlineCallbacks
     def test_udpPortInUse(self) -> Any:
         """
-        A UDP port in use names the service and endpoint.
+        A UDP port in use names the service, the endpoint, the port and the
+        program that holds it.
         """
         taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(taken.close)
         taken.bind(("127.0.0.1", 0))
-        endpoint = f"udp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        port = taken.getsockname()[1]
+        endpoint = f"udp:{port}:interface=127.0.0.1"
         line = yield self.startWrongly("--echo", endpoint)
-        self.assertTrue(line.startswith(f"netd: echo: cannot listen on {endpoint!r}"))
+        self.assertEqual(
+            line,
+            f"netd: echo: cannot listen on {endpoint!r}: port {port} is in use "
+            f"by pid {os.getpid()} ({ownCommand()})",
+        )
 
     @defer.inlineCallbacks
     def test_malformedEndpoint(self) -> Any:

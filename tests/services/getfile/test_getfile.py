@@ -40,6 +40,7 @@ from netd.services.getfile.confinement import (
 )
 from netd.services.getfile.plugin import GetFileService
 from netd.services.getfile.server import (
+    FILE_ENDED,
     FileTransfer,
     GetFileFactory,
     GetFileProtocol,
@@ -968,10 +969,11 @@ class FileTransferTests(SynchronousTestCase):
             stream.write(b"a" * 1000)
         self.fd = os.open(self.path, os.O_RDONLY)
         self.transport = StringTransport()
-        self.results: list[bool] = []
+        self.results: list[tuple[object, ...]] = []
+        self.finished = lambda *outcome: self.results.append(outcome)
 
     def transfer(self) -> FileTransfer:
-        transfer = FileTransfer(self.fd, 0, 1000, self.transport, self.results.append)
+        transfer = FileTransfer(self.fd, 0, 1000, self.transport, self.finished)
         transfer.chunkSize = 300
         transfer.start()
         return transfer
@@ -987,7 +989,7 @@ class FileTransferTests(SynchronousTestCase):
         while self.transport.producer is not None:
             transfer.resumeProducing()
         self.assertEqual(self.transport.value(), b"a" * 1000)
-        self.assertEqual(self.results, [True])
+        self.assertEqual(self.results, [(True,)])
         self.assertIsNone(transfer.fd)
 
     def test_shrinks(self) -> None:
@@ -1000,7 +1002,7 @@ class FileTransferTests(SynchronousTestCase):
         while self.transport.producer is not None:
             transfer.resumeProducing()
         self.assertEqual(self.transport.value(), b"a" * 300)
-        self.assertEqual(self.results, [False])
+        self.assertEqual(self.results, [(False, FILE_ENDED)])
         self.assertIsNone(transfer.fd)
 
     def test_stopped(self) -> None:
@@ -1092,13 +1094,14 @@ class SendfileTransferTests(SynchronousTestCase):
         self.wrapper = CountingWrapper(
             WrappingFactory(protocol.Factory()), protocol.Protocol()
         )
-        self.results: list[bool] = []
+        self.results: list[tuple[object, ...]] = []
+        self.finished = lambda *outcome: self.results.append(outcome)
         self.transfer = SendfileTransfer(
             self.fd,
             1000,
             5000,
             self.consumer,
-            self.results.append,
+            self.finished,
             self.socketTransport,
             [self.wrapper],
             self.threads,
@@ -1120,7 +1123,7 @@ class SendfileTransferTests(SynchronousTestCase):
         self.assertEqual(self.socketTransport.writing, 1)
         self.consumer.producer.resumeProducing()
         self.threads.runAll()
-        self.assertEqual(self.results, [True])
+        self.assertEqual(self.results, [(True,)])
         self.assertEqual(self.far.recv(10000), b"f" * 4000)
         self.assertEqual(self.wrapper.sentCount, 4000)
         self.assertIsNone(self.consumer.producer)
@@ -1133,7 +1136,7 @@ class SendfileTransferTests(SynchronousTestCase):
         os.truncate(self.path, 3000)
         self.transfer.resumeProducing()
         self.threads.runAll()
-        self.assertEqual(self.results, [False])
+        self.assertEqual(self.results, [(False, FILE_ENDED)])
         self.assertEqual(self.transfer.sent, 2000)
         self.assertClosed(self.fd, self.dup)
 
