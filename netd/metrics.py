@@ -33,7 +33,15 @@ from zope.interface import implementer
 import netd
 
 #: Refusal reasons of a stream listener (label C{reason}).
-REFUSALS = ("denied", "not-allowed", "max-connections", "max-per-source", "service")
+REFUSALS = (
+    "denied",
+    "not-allowed",
+    "max-connections",
+    "max-per-source",
+    "descriptors",
+    "untrusted-proxy",
+    "service",
+)
 
 #: Why a datagram is dropped (label C{reason}): the access policy, a reply
 #: towards a reflecting service's port, the per-source rate, a reply too
@@ -60,6 +68,10 @@ def refusalReason(reason: str) -> str:
         return "not-allowed"
     if reason.startswith("already"):
         return "max-per-source" if reason.endswith("from there") else "max-connections"
+    if reason.startswith("descriptor budget"):
+        return "descriptors"
+    if reason.startswith("not a trusted proxy"):
+        return "untrusted-proxy"
     return reason if reason in REFUSALS else "other"
 
 

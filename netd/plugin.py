@@ -83,6 +83,14 @@ class INetdService(Interface):
         @raise twisted.python.usage.UsageError: quoting the bad value.
         """
 
+    def extraDescriptors(options: Mapping[str, Any]) -> int:
+        """
+        How many descriptors the service may hold beyond one per connection
+        and listener (files it opens...), set aside from the descriptor
+        budget (optional: netd counts none without it; see
+        L{netd.budgets.DescriptorBudget}).
+        """
+
     def makeFactory(options: Mapping[str, Any], reactor: Any) -> Any:
         """
         Build the one L{IProtocolFactory} shared by all the service's stream
@@ -191,6 +199,13 @@ class ServicePlugin:
         """
         Accept any endpoints; override to check options against them.
         """
+
+    def extraDescriptors(self, options: Mapping[str, Any]) -> int:
+        """
+        No descriptors beyond connections; override when the service opens
+        files or pipes of its own.
+        """
+        return 0
 
     def listeningNote(self, options: Mapping[str, Any]) -> str | None:
         """

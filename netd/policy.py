@@ -68,6 +68,13 @@ def clientAddress(host: str) -> Address | None:
     return address
 
 
+#: Who may send a PROXY header by default: this host only.
+DEFAULT_TRUSTED_PROXIES: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """
@@ -80,6 +87,8 @@ class PolicySettings:
         address (0: no limit).
     @ivar idleTimeout: seconds without a byte either way after which a
         connection is closed (0: never).
+    @ivar trustedProxies: the ranges a PROXY header is believed from, on
+        C{haproxy:} endpoints (see L{netd.proxyheader}).
     """
 
     allow: tuple[Network, ...] = field(default=())
@@ -87,6 +96,7 @@ class PolicySettings:
     maxConnections: int = 0
     maxPerSource: int = 0
     idleTimeout: float = 0.0
+    trustedProxies: tuple[Network, ...] = DEFAULT_TRUSTED_PROXIES
 
     def refusal(self, address: Address | None) -> str | None:
         """
@@ -207,6 +217,8 @@ class PolicyFactory(WrappingFactory):
     protocol = PolicedConnection
     noisy = False
     log = Logger()
+    #: The L{netd.budgets.DescriptorBudget} shared by every service, if any.
+    budget: Any = None
 
     def __init__(
         self, serviceName: str, wrappedFactory: Any, policy: Policy, clock: Any
@@ -247,6 +259,8 @@ class PolicyFactory(WrappingFactory):
             and 0 < settings.maxPerSource <= self.perSource.get(source, 0)
         ):
             reason = f"already {self.perSource[source]} connections from there"
+        if reason is None and self.budget is not None:
+            reason = self.budget.refusal(self.serviceName)
         return reason
 
     def buildProtocol(
@@ -280,11 +294,15 @@ class PolicyFactory(WrappingFactory):
 
     def registerProtocol(self, p: Any) -> None:
         super().registerProtocol(p)
+        if self.budget is not None:
+            self.budget.opened(self.serviceName)
         if p.source is not None:
             self.perSource[p.source] = self.perSource.get(p.source, 0) + 1
 
     def unregisterProtocol(self, p: Any) -> None:
         super().unregisterProtocol(p)
+        if self.budget is not None:
+            self.budget.closed(self.serviceName)
         if p.source is not None:
             left = self.perSource.pop(p.source) - 1
             if left:

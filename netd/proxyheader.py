@@ -10,23 +10,61 @@ that sends nothing after the header would never be served. Here the
 service's factory is asked for a protocol only once the header (v1 or v2,
 parsed by Twisted's own parsers) arrived, with the client's address; a
 connection whose header is malformed, or late, is closed.
+
+A header is believed only from a trusted proxy (C{--trusted-proxy}, by
+default loopback): anyone else could name any client. A connection from
+elsewhere is refused and logged before a byte is read. The service's
+access policy judges the proxy's address when the connection is made (its
+allow and deny ranges, and its limits: a connection waiting for its header
+counts as one from the proxy), and the client's once the header came.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.listeners import describeAddress
+from netd.policy import (
+    DEFAULT_TRUSTED_PROXIES,
+    Address,
+    Network,
+    RefusedConnection,
+    clientAddress,
+)
+from netd.throttledlog import ThrottledLog
 from netd.twistedprivate import InvalidProxyHeader, V1Parser, V2Parser
 from netd.wrappers import PassThroughWrapper
 
 V1_PREFIX = b"PROXY "
 #: Enough bytes to hold any header's fixed part: v2's 16, or v1's C{PROXY }.
 _FIXED = 16
+
+#: Seconds a PROXY header may take to arrive: a proxy sends it at once.
+HEADER_TIMEOUT = 5.0
+
+
+def isTrustedProxy(address: Any, trusted: tuple[Network, ...]) -> bool:
+    """
+    Whether a connection from C{address} may send a PROXY header: an IP
+    address in one of the C{trusted} ranges (an IPv4-mapped IPv6 address
+    counts as the IPv4 address it maps), or a UNIX socket's peer, which the
+    socket file's permissions vouch for.
+    """
+    if not isinstance(address, IPv4Address | IPv6Address):
+        return True
+    host = clientAddress(address.host)
+    if host is None:
+        return False
+    return any(
+        host.version == network.version and host in network for network in trusted
+    )
 
 
 class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
@@ -38,6 +76,10 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
 
     factory: ProxyHeaderFactory
     wrappedProtocol: Any = None
+    #: The proxy's address, for the policy's count of connections from it
+    #: while the header is awaited.
+    source: Address | None = None
+    _counted = False
 
     def __init__(self, factory: ProxyHeaderFactory) -> None:
         super().__init__(factory, None)  # type: ignore[arg-type]
@@ -51,10 +93,20 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
         self.connected = True
+        self._counted = self.factory.holdPending(self)
         self.setTimeout(self.factory.headerTimeout)
 
     def timeoutConnection(self) -> None:
+        self.factory.headerFailed(
+            self.transport.getPeer(),
+            f"no PROXY header within {self.factory.headerTimeout:g}s",
+        )
         self.transport.abortConnection()
+
+    def _releasePending(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.factory.releasePending(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self.wrappedProtocol is not None:
@@ -64,11 +116,15 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
             info, remaining = self._feed(data)
         except InvalidProxyHeader:
             self.setTimeout(None)
+            self.factory.headerFailed(
+                self.transport.getPeer(), "malformed PROXY header"
+            )
             self.transport.abortConnection()
             return
         if info is None:
             return
         self.setTimeout(None)
+        self._releasePending()
         self._info = info
         wrapped = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if wrapped is None:
@@ -111,6 +167,7 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
 
     def connectionLost(self, reason: Failure) -> None:
         self.setTimeout(None)
+        self._releasePending()
         if self.wrappedProtocol is not None:
             super().connectionLost(reason)
         else:
@@ -120,14 +177,23 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
 class ProxyHeaderFactory(WrappingFactory):
     """
     Wrap a service's factory so that its connections start with a PROXY
-    header.
+    header, and come from a trusted proxy.
+
+    When the wrapped factory is netd's access policy
+    (L{netd.policy.PolicyFactory}: it has C{policy}, C{refusal},
+    C{registerProtocol} and C{unregisterProtocol}), or a listener's view of
+    it (L{netd.metrics.ListenerFactory}, with the policy as its C{factory}),
+    the policy's settings say which proxies are trusted, it judges the
+    proxy's address first, and counts a connection waiting for its header as
+    one from the proxy; a refusal is reported to the listener's metrics.
     """
 
     protocol = ProxiedConnection  # type: ignore[assignment]
     noisy = False
+    log = Logger()
 
     def __init__(
-        self, wrappedFactory: Any, clock: Any, headerTimeout: float = 10.0
+        self, wrappedFactory: Any, clock: Any, headerTimeout: float = HEADER_TIMEOUT
     ) -> None:
         """
         @param wrappedFactory: the service's factory, asked for a protocol
@@ -138,9 +204,76 @@ class ProxyHeaderFactory(WrappingFactory):
         super().__init__(wrappedFactory)
         self.clock = clock
         self.headerTimeout = headerTimeout
+        self._refusalLog = ThrottledLog(clock, interval=1.0, lines=10)
+        policed = wrappedFactory
+        if not hasattr(policed, "refusal"):
+            policed = getattr(wrappedFactory, "factory", None)
+        #: The service's access policy factory, or None.
+        self.policed: Any = policed if hasattr(policed, "refusal") else None
 
-    def buildProtocol(self, addr: Any) -> ProxiedConnection:
-        return self.protocol(self)
+    def trustedProxies(self) -> tuple[Network, ...]:
+        """
+        The ranges headers are believed from: the service's policy's
+        C{trustedProxies}, else loopback.
+        """
+        settings = getattr(getattr(self.policed, "policy", None), "settings", None)
+        return getattr(settings, "trustedProxies", DEFAULT_TRUSTED_PROXIES)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        reason = None
+        if not isTrustedProxy(addr, self.trustedProxies()):
+            reason = "not a trusted proxy (--trusted-proxy), its PROXY header ignored"
+        elif self.policed is not None:
+            reason = self.policed.refusal(addr)
+        if reason is not None:
+            metrics = getattr(self.wrappedFactory, "metrics", None)
+            if metrics is not None:
+                metrics.refused(reason)
+            self._refusalLog.emit(
+                self.log.info,
+                "{service} refused {peer}: {reason}",
+                service=self._serviceName(),
+                peer=describeAddress(addr),
+                reason=reason,
+            )
+            return RefusedConnection()
+        connection = self.protocol(self)
+        connection.source = clientAddress(getattr(addr, "host", ""))
+        return connection
+
+    def holdPending(self, connection: ProxiedConnection) -> bool:
+        """
+        Count a connection waiting for its header in the wrapped policy's
+        limits, as one from the proxy.
+
+        @return: whether it is counted (and must be released).
+        """
+        if self.policed is None:
+            return False
+        self.policed.registerProtocol(connection)
+        return True
+
+    def releasePending(self, connection: ProxiedConnection) -> None:
+        """
+        The header came, or the connection ended: it no longer counts as
+        one from the proxy.
+        """
+        self.policed.unregisterProtocol(connection)
+
+    def headerFailed(self, peer: Any, reason: str) -> None:
+        """
+        Log (throttled) a connection closed for want of a good header.
+        """
+        self._refusalLog.emit(
+            self.log.info,
+            "{service} closing {peer}: {reason}",
+            service=self._serviceName(),
+            peer=describeAddress(peer),
+            reason=reason,
+        )
+
+    def _serviceName(self) -> str:
+        return str(getattr(self.policed, "serviceName", self.logPrefix()))
 
     def logPrefix(self) -> str:
         prefix = getattr(self.wrappedFactory, "logPrefix", None)

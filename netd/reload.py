@@ -158,6 +158,7 @@ _POLICY_FIELDS = (
     ("max-connections", "maxConnections", lambda n: str(n) if n else "no limit"),
     ("max-per-source", "maxPerSource", lambda n: str(n) if n else "no limit"),
     ("idle-timeout", "idleTimeout", lambda s: f"{s:g} s" if s else "never"),
+    ("trusted-proxy", "trustedProxies", lambda ranges: ", ".join(map(str, ranges))),
 )
 
 

@@ -15,8 +15,18 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
+from netd.budgets import (
+    MIN_PER_SOURCE,
+    DescriptorBudget,
+    descriptorBudget,
+    listenBacklog,
+    perSourceShare,
+    raiseDescriptorLimit,
+    withBacklog,
+)
 from netd.config import configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -29,6 +39,7 @@ from netd.listeners import (
 from netd.metrics import NO_METRICS, ListenerFactory, PrometheusMetrics
 from netd.plugin import INetdService, discoverServices
 from netd.policy import (
+    DEFAULT_TRUSTED_PROXIES,
     PolicedDatagramProtocol,
     Policy,
     PolicyFactory,
@@ -49,8 +60,20 @@ from netd.workers import Supervisor, resolveWorkers
 
 #: The access policy's keys: global options, and keys of every service's
 #: table in the config file (see L{netd.policy.PolicySettings}).
-POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
-_POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
+POLICY_KEYS = (
+    "allow",
+    "deny",
+    "max-connections",
+    "max-per-source",
+    "idle-timeout",
+    "trusted-proxy",
+)
+#: max-per-source: None is a share of max-connections (L{perSourceShare}).
+_POLICY_DEFAULTS = {
+    "max-connections": 1000,
+    "max-per-source": None,
+    "idle-timeout": 300.0,
+}
 _GLOBAL_KEYS = frozenset({"services", "grace", "metrics", "workers", *POLICY_KEYS})
 
 
@@ -95,7 +118,8 @@ class Options(usage.Options):
             None,
             None,
             "Most connections open at once to each service from one client "
-            "address, 0 for no limit [default: 0].",
+            "address, 0 for no limit [default: a tenth of --max-connections, "
+            f"at least {MIN_PER_SOURCE}].",
             namedCoerce("max-per-source", int),
         ],
         [
@@ -151,6 +175,7 @@ class Options(usage.Options):
         self["endpoints"] = {service.name: [] for service in self.available}
         self["allow"] = []
         self["deny"] = []
+        self["trusted-proxy"] = []
         for service in self.available:
             for key in repeatableKeys(service):
                 self[key] = []
@@ -179,6 +204,10 @@ class Options(usage.Options):
     def opt_deny(self, cidr: str) -> None:
         """Clients in this range may not connect, even if allowed (repeatable)"""
         self["deny"].append(cidr)
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        """Believe PROXY headers only from here (repeatable) [default: loopback]"""
+        self["trusted-proxy"].append(cidr)
 
     def reread(self) -> Options:
         """
@@ -281,13 +310,21 @@ class Options(usage.Options):
                 if value is None and key in level:
                     value = configValue(prefix + key, level[key], coerce)
             value = _POLICY_DEFAULTS[key] if value is None else value
-            if value < 0:
+            if value is not None and value < 0:
                 raise usage.UsageError(f"{key} must not be negative, not {value!r}")
             values[key] = value
+        if values["max-per-source"] is None:
+            values["max-per-source"] = perSourceShare(values["max-connections"])
         allow = self["allow"]
         for prefix, level in reversed(levels):
             if not allow and "allow" in level:
                 allow = configStrings(prefix + "allow", level["allow"])
+        trusted = self["trusted-proxy"]
+        for prefix, level in reversed(levels):
+            if not trusted and "trusted-proxy" in level:
+                trusted = configStrings(
+                    prefix + "trusted-proxy", level["trusted-proxy"]
+                )
         deny = list(self["deny"])
         for prefix, level in levels:
             if "deny" in level:
@@ -298,6 +335,11 @@ class Options(usage.Options):
             maxConnections=values["max-connections"],
             maxPerSource=values["max-per-source"],
             idleTimeout=values["idle-timeout"],
+            trustedProxies=(
+                tuple(_networks("trusted-proxy", trusted))
+                if trusted
+                else DEFAULT_TRUSTED_PROXIES
+            ),
         )
 
 
@@ -377,6 +419,8 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     )
     if worker is not None:
         worker.start(config)
+    budget = _descriptorBudget(config, raiseLimit=handleSignals)
+    backlog = listenBacklog()
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         serviceMetrics = metrics.service(service.name)
@@ -411,10 +455,11 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
                     policed = PolicyFactory(
                         service.name, running.factory, running.policy, reactor
                     )
+                    policed.budget = budget
                 listener = StreamListener(
                     service.name,
                     description,
-                    _streamEndpoint(service.name, description, reactor)
+                    _streamEndpoint(service.name, description, reactor, backlog)
                     if worker is None
                     else worker.streamEndpoint(service.name, description),
                     policed
@@ -437,6 +482,52 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     return netd
 
 
+def _descriptorBudget(config: Options, raiseLimit: bool) -> DescriptorBudget:
+    """
+    Raise the descriptor limit (when C{raiseLimit}) and split it between
+    the stream services (L{netd.budgets.DescriptorBudget}); log the figures
+    in one line, a warning when the connection limits do not all fit.
+
+    @raise StartupError: when the limit is too low for every service to be
+        guaranteed a few connections.
+    """
+    import resource
+
+    if raiseLimit:
+        before, limit, problem = raiseDescriptorLimit()
+    else:
+        limit = before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        problem = None
+    services = config["services"]
+    streams = {
+        service.name: config["policies"][service.name].maxConnections
+        for service in services
+        if not all(map(isDatagramEndpoint, config["endpoints"][service.name]))
+    }
+    extra = 0
+    for service in services:
+        extraDescriptors = getattr(service, "extraDescriptors", None)
+        if extraDescriptors is not None:
+            extra += extraDescriptors(config["serviceOptions"][service.name])
+    listeners = sum(len(config["endpoints"][service.name]) for service in services)
+    budget = descriptorBudget(limit, listeners, extra, streams)
+    error = budget.check()
+    if error is not None:
+        raise StartupError(error)
+    if problem is not None:
+        raised = f"soft limit {limit} (not raised: {problem})"
+    elif before != limit:
+        raised = f"soft limit raised from {before} to {limit}"
+    else:
+        raised = f"limit {limit}"
+    emit = _log.info if budget.fits() else _log.warn
+    emit("descriptors: {raised}; {budget}", raised=raised, budget=budget.describe())
+    return budget
+
+
+_log = Logger()
+
+
 def _make(build: Any, options: Any, reactor: Any, metrics: Any) -> Any:
     """
     Call a plugin's C{makeFactory} or C{makeDatagramProtocol}, with
@@ -447,33 +538,39 @@ def _make(build: Any, options: Any, reactor: Any, metrics: Any) -> Any:
     return build(options, reactor)
 
 
-def _streamEndpoint(serviceName: str, description: str, reactor: Any) -> Any:
+def _streamEndpoint(
+    serviceName: str, description: str, reactor: Any, backlog: int = 0
+) -> Any:
     """
     Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
     reader (L{netd.proxyheader}), which hands the service the real client,
     C{tls:} is always netd's (Twisted registers a C{tls:} of its own), and
     C{ssl:} takes a client's C{close_notify} as a half-close
     (L{netd.tlshalfclose}), as C{tls:} does.
+
+    @param backlog: the listen backlog for endpoints that do not set one
+        (L{netd.budgets.withBacklog}); 0 leaves them Twisted's.
     """
     kind, _, inner = description.partition(":")
     kind = kind.lower()
+    listening = withBacklog(description, backlog) if backlog else description
     try:
         if kind == "haproxy":
             from netd.proxyheader import ProxiedEndpoint
 
             return ProxiedEndpoint(
-                _streamEndpoint(serviceName, inner, reactor), reactor
+                _streamEndpoint(serviceName, inner, reactor, backlog), reactor
             )
         if kind == "tls":
             from netd.tls import parseTLSEndpoint
 
-            return parseTLSEndpoint(reactor, description)
+            return parseTLSEndpoint(reactor, listening)
         if kind == "ssl":
             from netd.tlshalfclose import HalfCloseableTLSReactor
 
-            endpoint = serverFromString(HalfCloseableTLSReactor(reactor), description)
+            endpoint = serverFromString(HalfCloseableTLSReactor(reactor), listening)
         else:
-            endpoint = serverFromString(reactor, description)
+            endpoint = serverFromString(reactor, listening)
     except StartupError:
         raise
     except Exception as error:

@@ -240,7 +240,7 @@ class Supervisor(MultiService):
         self,
         config: Any,
         reactor: Any,
-        streamEndpoint: Callable[[str, str, Any], Any],
+        streamEndpoint: Callable[..., Any],
         notifier: Notifier | None = None,
         handleSignals: bool = True,
         command: list[str] | None = None,
@@ -270,6 +270,9 @@ class Supervisor(MultiService):
         self._backoff: dict[int, float] = {}
         self._restarts: dict[int, Any] = {}
         self._previousHangUp: Any = None
+        from netd.budgets import listenBacklog
+
+        backlog = listenBacklog()
         for service in config["services"]:
             for description in config["endpoints"][service.name]:
                 if isDatagramEndpoint(description):
@@ -280,7 +283,7 @@ class Supervisor(MultiService):
                     listener = StreamListener(
                         service.name,
                         description,
-                        streamEndpoint(service.name, description, reactor),
+                        streamEndpoint(service.name, description, reactor, backlog),
                         _Holding(service.name),
                     )
                 listener.setServiceParent(self)

@@ -12,10 +12,10 @@ from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as _reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 
-from tests.common import exchange, runNetd, waitForOutput
+from tests.common import exchange, refusedExchange, runNetd, waitForOutput
 
 HAPROXY_CONFIG = """\
 defaults
@@ -134,3 +134,93 @@ class HAProxyTests(TestCase):
             if "] echo TCP 127.0.0.1:" in line and "bytes in" in line
         ]
         self.assertEqual(len(served), 2, log)
+
+
+FORGED_V1 = b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 13\r\n"
+FORGED_V2 = (
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+    + socket.inet_aton("203.0.113.9")
+    + socket.inet_aton("127.0.0.1")
+    + b"\x9c\x40\x00\x0d"
+)
+
+
+class Holder(protocol.Protocol):
+    """
+    A client that connects and sends nothing: fires C{lost} when netd
+    closes it.
+    """
+
+    def __init__(self) -> None:
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.callback(None)
+
+
+class TrustedProxyTests(TestCase):
+    """
+    Forged PROXY headers sent straight to a C{haproxy:} endpoint of a real
+    C{twistd -n netd}, and connections that never send one.
+    """
+
+    def endpoint(self, netd: Any, source: str = "127.0.0.1") -> TCP4ClientEndpoint:
+        return TCP4ClientEndpoint(
+            _reactor, "127.0.0.1", netd.port("daytime"), bindAddress=(source, 0)
+        )
+
+    @defer.inlineCallbacks
+    def test_forgedFromUntrusted(self) -> defer.Generator:
+        """
+        With C{--trusted-proxy} a range that excludes 127.0.0.1, forged v1
+        and v2 headers from 127.0.0.1 are refused without a byte of reply
+        and logged; from a trusted address the same headers are believed.
+        """
+        netd = yield runNetd(
+            self,
+            "--services", "daytime",
+            "--daytime", "haproxy:tcp:0:interface=127.0.0.1",
+            "--trusted-proxy", "127.0.0.2",
+            "--allow", "203.0.113.0/24",
+            "--allow", "127.0.0.0/8",
+        )  # fmt: skip
+        for header in (FORGED_V1, FORGED_V2):
+            received = yield refusedExchange(self.endpoint(netd), header)
+            self.assertEqual(received, b"")
+        log = yield waitForOutput(netd, "not a trusted proxy", 2)
+        self.assertEqual(log.count("daytime refused TCP 127.0.0.1:"), 2, log)
+        self.assertNotIn("203.0.113.9", log)
+        for header in (FORGED_V1, FORGED_V2):
+            received = yield exchange(self.endpoint(netd, "127.0.0.2"), header)
+            self.assertTrue(received.endswith(b"\r\n"), received)
+        log = yield waitForOutput(netd, "daytime TCP 203.0.113.9:40000", 2)
+
+    @defer.inlineCallbacks
+    def test_headerlessCounted(self) -> defer.Generator:
+        """
+        Connections that have not sent their header count toward
+        C{--max-connections}: with two held, a third is refused even with
+        a good header; once they are gone, it is served.
+        """
+        netd = yield runNetd(
+            self,
+            "--services", "daytime",
+            "--daytime", "haproxy:tcp:0:interface=127.0.0.1",
+            "--max-connections", "2",
+        )  # fmt: skip
+        holders = [Holder(), Holder()]
+        for holder in holders:
+            yield connectProtocol(self.endpoint(netd), holder)
+        received = yield refusedExchange(self.endpoint(netd), FORGED_V1)
+        self.assertEqual(received, b"")
+        yield waitForOutput(netd, "already 2 connections")
+        for holder in holders:
+            holder.transport.loseConnection()
+            yield holder.lost
+        # netd may see the close a moment after this side did: try again
+        # (a bounded number of times) until it has.
+        for _attempt in range(20):
+            received = yield refusedExchange(self.endpoint(netd), FORGED_V1)
+            if received:
+                break
+        self.assertTrue(received.endswith(b"\r\n"), received)

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from netd.lifecycle import DEFAULT_GRACE
 from netd.plugin import ServicePlugin
+from netd.policy import parseNetwork
 from netd.services.echo.plugin import EchoService
 from netd.services.echo.server import EchoFactory
 from netd.systemd import Notifier
@@ -228,7 +229,18 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(built.netd.served["echo"].policy.settings.maxPerSource, 4)
         self.assertIn(
             "reload: echo.policy changed: allow any -> 127.0.0.0/8; "
-            "max-per-source no limit -> 4",
+            "max-per-source 100 -> 4",
+            logged,
+        )
+        _ok, logged = built.reload('trusted-proxy = ["10.0.0.5"]\n' + ECHO)
+        self.assertEqual(
+            built.netd.served["echo"].policy.settings.trustedProxies,
+            (parseNetwork("10.0.0.5"),),
+        )
+        self.assertIn(
+            "reload: echo.policy changed: allow 127.0.0.0/8 -> any; "
+            "max-per-source 4 -> 100; "
+            "trusted-proxy 127.0.0.0/8, ::1/128 -> 10.0.0.5/32",
             logged,
         )
 

@@ -13,9 +13,18 @@ from typing import Any
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from netd.policy import Policy, PolicyFactory, PolicySettings, parseNetwork
+from netd.metrics import ListenerFactory, StreamListenerMetrics, refusalReason
+from netd.policy import (
+    Policy,
+    PolicyFactory,
+    PolicySettings,
+    clientAddress,
+    parseNetwork,
+)
 from netd.proxyheader import ProxyHeaderFactory
 from tests.test_policy import RecorderFactory
 
@@ -143,3 +152,178 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.protocol.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.service.built, [])
+
+
+class TrustTests(SynchronousTestCase):
+    """
+    A PROXY header is believed only from a trusted proxy, and the policy
+    judges and counts the proxy's connection while its header is awaited.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.service = RecorderFactory()
+        self.policy = Policy()
+        self.policed = PolicyFactory("test", self.service, self.policy, self.clock)
+        self.factory = ProxyHeaderFactory(self.policed, self.clock)
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def connect(self, host: str = "127.0.0.1", port: int = 5555) -> StringTransport:
+        address: Any = (
+            IPv6Address("TCP", host, port)
+            if ":" in host
+            else IPv4Address("TCP", host, port)
+        )
+        transport = StringTransport(peerAddress=address)
+        protocol = self.factory.buildProtocol(address)
+        protocol.makeConnection(transport)
+        transport.protocol = protocol
+        return transport
+
+    def logged(self) -> list[str]:
+        return [formatEvent(event) for event in self.events]
+
+    def test_loopbackTrustedByDefault(self) -> None:
+        """
+        By default, headers from 127.0.0.0/8 and ::1 (and IPv4-mapped
+        loopback) are believed.
+        """
+        for host in ("127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1"):
+            transport = self.connect(host)
+            transport.protocol.dataReceived(V1)
+            self.assertFalse(transport.disconnecting, host)
+        self.assertEqual(len(self.service.built), 4)
+
+    def test_untrustedRefused(self) -> None:
+        """
+        A connection from outside the trusted ranges is aborted before its
+        header is read, whatever it forges (v1 or v2), and logged.
+        """
+        self.policy.update(
+            PolicySettings(trustedProxies=(parseNetwork("192.0.2.0/24"),))
+        )
+        for header in (V1, v2Header("2001:db8::7", 4242)):
+            transport = self.connect("127.0.0.1")
+            self.assertTrue(transport.disconnected)
+            transport.protocol.dataReceived(header)
+        self.assertEqual(self.service.built, [])
+        self.assertEqual(self.policed.active, 0)
+        refusals = [line for line in self.logged() if "not a trusted proxy" in line]
+        self.assertEqual(len(refusals), 2, self.logged())
+        self.assertIn("test refused TCP 127.0.0.1:5555", refusals[0])
+        transport = self.connect("192.0.2.9")
+        transport.protocol.dataReceived(V1)
+        self.assertEqual(len(self.service.built), 1)
+
+    def test_policyJudgesTheProxy(self) -> None:
+        """
+        The allow and deny ranges apply to the proxy's address before the
+        header: a denied proxy is refused, whoever it says the client is.
+        """
+        self.policy.update(PolicySettings(deny=(parseNetwork("127.0.0.1"),)))
+        transport = self.connect("127.0.0.1")
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.service.built, [])
+        self.assertTrue(
+            any("denied by 127.0.0.1/32" in line for line in self.logged()),
+            self.logged(),
+        )
+
+    def test_waitingConnectionsCount(self) -> None:
+        """
+        Connections waiting for their header count toward the service's
+        limits, as the proxy's: beyond them, more are refused; once its
+        header came, a connection counts as its client's.
+        """
+        self.policy.update(PolicySettings(maxConnections=3, maxPerSource=2))
+        first = self.connect("127.0.0.1")
+        second = self.connect("127.0.0.1")
+        self.assertEqual(self.policed.active, 2)
+        self.assertEqual(self.policed.perSource, {clientAddress("127.0.0.1"): 2})
+        third = self.connect("127.0.0.1")
+        self.assertTrue(third.disconnected)
+        fourth = self.connect("127.0.0.2")
+        self.assertFalse(fourth.disconnected)
+        self.assertTrue(self.connect("127.0.0.3").disconnected)
+        first.protocol.dataReceived(V1)
+        self.assertEqual(len(self.service.built), 1)
+        self.assertEqual(self.policed.active, 3)
+        self.assertEqual(
+            self.policed.perSource,
+            {
+                clientAddress("127.0.0.1"): 1,
+                clientAddress("127.0.0.2"): 1,
+                clientAddress("192.0.2.7"): 1,
+            },
+        )
+        second.protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.policed.active, 2)
+
+    def test_headerTimeout(self) -> None:
+        """
+        A connection that sends no header is closed after the header
+        timeout (5 seconds), logged, and no longer counted.
+        """
+        self.assertEqual(self.factory.headerTimeout, 5.0)
+        self.policy.update(PolicySettings(maxConnections=1))
+        transport = self.connect()
+        self.clock.advance(4.9)
+        self.assertFalse(transport.disconnected)
+        self.assertTrue(self.connect("127.0.0.2").disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        transport.protocol.connectionLost(Failure(ConnectionError("aborted")))
+        self.assertEqual(self.policed.active, 0)
+        self.assertTrue(
+            any("no PROXY header within 5s" in line for line in self.logged()),
+            self.logged(),
+        )
+        self.assertFalse(self.connect("127.0.0.2").disconnected)
+
+    def test_malformedLogged(self) -> None:
+        """
+        A malformed header is logged, and the connection no longer counted
+        once it is gone.
+        """
+        transport = self.connect()
+        transport.protocol.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
+        self.assertTrue(transport.disconnected)
+        transport.protocol.connectionLost(Failure(ConnectionError("aborted")))
+        self.assertEqual(self.policed.active, 0)
+        self.assertTrue(
+            any("malformed PROXY header" in line for line in self.logged()),
+            self.logged(),
+        )
+
+
+class ListenerMetricsTrustTests(TrustTests):
+    """
+    The same with metrics on: the policy reached through the listener's
+    L{ListenerFactory}, and refusals reported to the listener's metrics.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.refusals: list[str] = []
+        refusals = self.refusals
+
+        class Recording(StreamListenerMetrics):
+            def refused(self, reason: str) -> None:
+                refusals.append(reason)
+
+        self.factory = ProxyHeaderFactory(
+            ListenerFactory(self.policed, Recording()), self.clock
+        )
+
+    def test_refusalReported(self) -> None:
+        """
+        A refusal before the header is reported to the listener's metrics.
+        """
+        self.policy.update(
+            PolicySettings(trustedProxies=(parseNetwork("192.0.2.0/24"),))
+        )
+        self.connect("127.0.0.1")
+        self.assertEqual(len(self.refusals), 1)
+        self.assertEqual(refusalReason(self.refusals[0]), "untrusted-proxy")

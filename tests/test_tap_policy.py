@@ -36,15 +36,61 @@ class PolicyOptionsTests(SynchronousTestCase):
 
     def test_defaults(self) -> None:
         """
-        Without options: no ranges, 1000 connections, no per-source limit,
-        a 300-second idle timeout.
+        Without options: no ranges, 1000 connections, 100 of them (a tenth)
+        from one address, a 300-second idle timeout, PROXY headers believed
+        from loopback only.
         """
         settings = self.parse()["policies"]["echo"]
         self.assertEqual((settings.allow, settings.deny), ((), ()))
         self.assertEqual(
             (settings.maxConnections, settings.maxPerSource, settings.idleTimeout),
-            (1000, 0, 300.0),
+            (1000, 100, 300.0),
         )
+        self.assertEqual(
+            settings.trustedProxies,
+            (parseNetwork("127.0.0.0/8"), parseNetwork("::1")),
+        )
+
+    def test_perSourceShare(self) -> None:
+        """
+        Unless given, one address may hold a tenth of a service's
+        connections, at least 16 (never more than the service's limit), and
+        any number when the service has no limit; 0 given means no limit.
+        """
+        for argv, expected in (
+            (("--max-connections", "50"), 16),
+            (("--max-connections", "5"), 5),
+            (("--max-connections", "0"), 0),
+            (("--max-connections", "4000"), 400),
+            (("--max-per-source", "0"), 0),
+        ):
+            settings = self.parse(*argv)["policies"]["echo"]
+            self.assertEqual(settings.maxPerSource, expected, argv)
+        settings = self.parse(config="[echo.policy]\nmax-connections = 300\n")[
+            "policies"
+        ]["echo"]
+        self.assertEqual(settings.maxPerSource, 30)
+
+    def test_trustedProxy(self) -> None:
+        """
+        C{--trusted-proxy} is repeatable and replaces the default; in the
+        config file, a service's policy table wins over the top level.
+        """
+        settings = self.parse(
+            "--trusted-proxy", "192.0.2.0/24", "--trusted-proxy", "2001:db8::/32"
+        )["policies"]["echo"]
+        self.assertEqual(
+            settings.trustedProxies,
+            (parseNetwork("192.0.2.0/24"), parseNetwork("2001:db8::/32")),
+        )
+        config = 'trusted-proxy = ["10.0.0.0/8"]\n'
+        settings = self.parse(config=config)["policies"]["echo"]
+        self.assertEqual(settings.trustedProxies, (parseNetwork("10.0.0.0/8"),))
+        config += '[echo.policy]\ntrusted-proxy = ["10.1.0.0/16"]\n'
+        settings = self.parse(config=config)["policies"]["echo"]
+        self.assertEqual(settings.trustedProxies, (parseNetwork("10.1.0.0/16"),))
+        error = self.assertRaises(UsageError, self.parse, "--trusted-proxy", "proxy")
+        self.assertIn("--trusted-proxy", str(error))
 
     def test_commandLine(self) -> None:
         """

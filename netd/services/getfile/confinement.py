@@ -170,10 +170,20 @@ class ConfinedRoot:
         Find the names, from the root, of the real file a request names.
 
         @raise RequestRefused: with code 403 if it lies outside the root or any of
-            its names is hidden, 400 if the path holds a NUL.
+            its names is hidden, or if its links cannot be resolved (a
+            chain too long, a loop, a name changed meanwhile); 404 if a name
+            vanished meanwhile; 400 if the path holds a NUL.
         """
         components = requestComponents(requestPath)
-        real = os.path.realpath(os.path.join(self.path, *components))
+        try:
+            real = os.path.realpath(os.path.join(self.path, *components))
+        except RecursionError:
+            # A chain of links longer than Python's recursion limit.
+            raise _refusalFor(OSError(errno.ELOOP, "")) from None
+        except OSError as error:
+            # A name that changed while it was resolved (EINVAL: a link
+            # replaced by a file between lstat and readlink).
+            raise _refusalFor(error) from None
         if os.path.commonpath([self.path, real]) != self.path:
             raise RequestRefused(403, "forbidden", "the path leads outside the root")
         inside = os.path.relpath(real, self.path)

@@ -2,6 +2,7 @@
 """
 The getfile service's plugin: C{--getfile}, C{--getfile-root},
 C{--getfile-request-timeout}, C{--getfile-max-transfers},
+C{--getfile-max-per-source}, C{--getfile-stall-timeout},
 C{--getfile-no-sendfile}.
 """
 
@@ -55,6 +56,22 @@ class GetFileService(ServicePlugin):
             "Transfers at once; more are refused as busy (503).",
             int,
         ],
+        [
+            "max-per-source",
+            None,
+            8,
+            "Transfers at once to one client address, 0 for no limit; more "
+            "are refused as busy (503).",
+            int,
+        ],
+        [
+            "stall-timeout",
+            None,
+            60.0,
+            "Close a transfer that sends nothing for this many seconds "
+            "(a client that stopped reading), 0 for never.",
+            float,
+        ],
     ]
     optFlags = [
         [
@@ -75,6 +92,18 @@ class GetFileService(ServicePlugin):
                 "--getfile-max-transfers must be positive, "
                 f"not {options['max-transfers']!r}"
             )
+        for name in ("max-per-source", "stall-timeout"):
+            if not 0 <= options[name] < float("inf"):
+                raise UsageError(
+                    f"--getfile-{name} must not be negative, not {options[name]!r}"
+                )
+
+    def extraDescriptors(self, options: Mapping[str, Any]) -> int:
+        """
+        Descriptors beyond its connections getfile may hold: the file and a
+        duplicate of the socket (for C{os.sendfile}) of each transfer.
+        """
+        return 2 * int(options["max-transfers"])
 
     def listeningNote(self, options: Mapping[str, Any]) -> str:
         """
@@ -101,6 +130,8 @@ class GetFileService(ServicePlugin):
             requestTimeout=options["request-timeout"],
             maxTransfers=options["max-transfers"],
             sendfile=not options["no-sendfile"],
+            maxPerSource=options["max-per-source"],
+            stallTimeout=options["stall-timeout"],
             metrics=metrics.getfile(),
         )
 
@@ -137,6 +168,10 @@ class GetFileService(ServicePlugin):
                 factory.maxTransfers = options["max-transfers"]
             elif name == "no-sendfile":
                 factory.sendfile = not options["no-sendfile"]
+            elif name == "max-per-source":
+                factory.maxPerSource = options["max-per-source"]
+            elif name == "stall-timeout":
+                factory.stallTimeout = options["stall-timeout"]
             else:
                 continue
             applied.append(name)

@@ -42,6 +42,7 @@ from zope.interface import implementer
 from netd.listeners import describeAddress
 from netd.metrics import NO_GETFILE_METRICS, GetFileMetrics
 from netd.plugin import IGracefulProtocol
+from netd.policy import Address, clientAddress
 from netd.services.getfile.confinement import (
     MAX_LINE,
     ConfinedRoot,
@@ -393,6 +394,9 @@ class GetFileProtocol(Protocol):
         self.transfer: FileTransfer | None = None
         self._size = 0
         self._outcome = ""
+        self._source: Address | None = None
+        self._stallCheck: Any = None
+        self._lastSent = 0
 
     def connectionMade(self) -> None:
         self._timeout = self.factory.clock.callLater(
@@ -450,6 +454,11 @@ class GetFileProtocol(Protocol):
             self.request = request = parseRequestLine(line)
             if len(self.factory.transfers) >= self.factory.maxTransfers:
                 raise RequestRefused(503, "busy", "too many transfers under way")
+            source = self._sourceAddress()
+            if self.factory.sourceIsBusy(source):
+                raise RequestRefused(
+                    503, "busy", "too many transfers under way to this address"
+                )
             opened = self.factory.root.openFile(request.path)
         except RequestRefused as refused:
             self._refuse(refused)
@@ -462,13 +471,48 @@ class GetFileProtocol(Protocol):
             )
             return
         self._size = opened.size
+        try:
+            transfer = self.factory.makeTransfer(
+                self.transport, opened.fd, request.offset, opened.size, self._finished
+            )
+        except OSError as error:
+            # No descriptor left to duplicate the socket for sendfile.
+            os.close(opened.fd)
+            self._refuse(RequestRefused(503, "busy", os.strerror(error.errno or 0)))
+            return
         if request.extended:
             self.transport.write(b"OK %d\n" % (opened.size,))
-        self.factory.transfers.add(self)
-        self.transfer = self.factory.makeTransfer(
-            self.transport, opened.fd, request.offset, opened.size, self._finished
+        self.factory.addTransfer(self, source)
+        self._source = source
+        self.transfer = transfer
+        self._lastSent = 0
+        if self.factory.stallTimeout > 0:
+            self._stallCheck = self.factory.clock.callLater(
+                self.factory.stallTimeout, self._checkProgress
+            )
+        transfer.start()
+
+    def _sourceAddress(self) -> Address | None:
+        peer = self.transport.getPeer()
+        return clientAddress(getattr(peer, "host", ""))
+
+    def _checkProgress(self) -> None:
+        """
+        Close a transfer that sent nothing since the last check: its client
+        stopped reading (or reads too slowly to matter).
+        """
+        self._stallCheck = None
+        transfer = self.transfer
+        if transfer is None:
+            return
+        if transfer.sent == self._lastSent:
+            self._outcome = f"stalled: nothing sent for {self.factory.stallTimeout:g}s"
+            self.transport.abortConnection()
+            return
+        self._lastSent = transfer.sent
+        self._stallCheck = self.factory.clock.callLater(
+            self.factory.stallTimeout, self._checkProgress
         )
-        self.transfer.start()
 
     def _finished(self, complete: bool, why: str = FILE_ENDED) -> None:
         self._outcome = "sent" if complete else why
@@ -496,10 +540,13 @@ class GetFileProtocol(Protocol):
         if self._timeout is not None:
             self._timeout.cancel()
             self._timeout = None
+        if self._stallCheck is not None:
+            self._stallCheck.cancel()
+            self._stallCheck = None
 
     def connectionLost(self, reason: Any) -> None:
         self._cancelTimeout()
-        self.factory.transfers.discard(self)
+        self.factory.removeTransfer(self, self._source)
         transfer, self.transfer = self.transfer, None
         if transfer is not None:
             transfer.close()
@@ -547,7 +594,12 @@ class GetFileFactory(Factory):
     @ivar requestTimeout: seconds a client has to send its request line.
     @ivar maxTransfers: transfers at once; more are refused as busy.
     @ivar sendfile: whether to use C{os.sendfile} where it applies.
+    @ivar maxPerSource: transfers at once to one client address (0: no
+        limit); more are refused as busy.
+    @ivar stallTimeout: seconds a transfer may send nothing before it is
+        closed (0: never).
     @ivar transfers: the protocols whose transfer is under way.
+    @ivar perSource: how many transfers each client address has under way.
     @ivar metrics: what transfers and refusals are reported to.
     """
 
@@ -561,6 +613,8 @@ class GetFileFactory(Factory):
         requestTimeout: float = 10.0,
         maxTransfers: int = 64,
         sendfile: bool = True,
+        maxPerSource: int = 8,
+        stallTimeout: float = 60.0,
         metrics: GetFileMetrics = NO_GETFILE_METRICS,
     ) -> None:
         """
@@ -572,7 +626,38 @@ class GetFileFactory(Factory):
         self.requestTimeout = requestTimeout
         self.maxTransfers = maxTransfers
         self.sendfile = sendfile
+        self.maxPerSource = maxPerSource
+        self.stallTimeout = stallTimeout
         self.transfers: set[GetFileProtocol] = set()
+        self.perSource: dict[Address, int] = {}
+
+    def sourceIsBusy(self, source: Address | None) -> bool:
+        """
+        Whether C{source} has as many transfers under way as it may.
+        """
+        return source is not None and 0 < self.maxPerSource <= self.perSource.get(
+            source, 0
+        )
+
+    def addTransfer(self, protocol: GetFileProtocol, source: Address | None) -> None:
+        """
+        Count a transfer that starts.
+        """
+        self.transfers.add(protocol)
+        if source is not None:
+            self.perSource[source] = self.perSource.get(source, 0) + 1
+
+    def removeTransfer(self, protocol: GetFileProtocol, source: Address | None) -> None:
+        """
+        Stop counting a transfer (safe for one never counted).
+        """
+        if protocol not in self.transfers:
+            return
+        self.transfers.discard(protocol)
+        if source is not None:
+            left = self.perSource.pop(source, 1) - 1
+            if left > 0:
+                self.perSource[source] = left
 
     def makeTransfer(
         self,

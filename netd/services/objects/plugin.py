@@ -2,7 +2,8 @@
 """
 The objects service's plugin: C{--objects}, C{--objects-authkey-file},
 C{--objects-handler}, C{--objects-allow}, C{--objects-max-bytes},
-C{--objects-max-pending}, C{--objects-threads} and
+C{--objects-max-pending}, C{--objects-threads},
+C{--objects-handshake-timeout} and
 C{--objects-dangerously-allow-unauthenticated}.
 
 The authkey comes from a file or the environment variable
@@ -37,7 +38,9 @@ def isPrivateEndpoint(description: str) -> bool:
     a listener on C{description}: a loopback C{interface=}, a UNIX socket,
     or netd's C{tls:} endpoint with C{clientCA=} (mutual TLS).
     For C{systemd:}, the address of the socket the service manager handed
-    over decides; unknown endpoint types count as public.
+    over decides; unknown endpoint types count as public, and so does any
+    C{haproxy:} endpoint, whatever it listens on: its clients are the
+    proxy's, which are never only this host's.
     """
     from netd.listeners import _splitEndpoint
 
@@ -46,7 +49,7 @@ def isPrivateEndpoint(description: str) -> bool:
     if kind == "unix":
         return True
     if kind == "haproxy":
-        return isPrivateEndpoint(description.split(":", 1)[1])
+        return False
     keywords = dict(argument.split("=", 1) for argument in arguments if "=" in argument)
     positional = [argument for argument in arguments if "=" not in argument]
     if kind == "tls" and keywords.get("clientCA"):
@@ -111,6 +114,13 @@ class ObjectsService(ServicePlugin):
         ["max-bytes", None, 8 * 1024 * 1024, "Largest request frame in bytes.", int],
         ["max-pending", None, 16, "Requests in progress per connection.", int],
         ["threads", None, 0, "Run requests in a pool of this many threads.", int],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a client has to finish the authkey handshake, 0 for no limit.",
+            float,
+        ],
     ]
     optFlags = [
         [
@@ -130,6 +140,11 @@ class ObjectsService(ServicePlugin):
                 raise UsageError(
                     f"--objects-{name} must be at least {least}, not {options[name]!r}"
                 )
+        if not 0 <= options["handshake-timeout"] < float("inf"):
+            raise UsageError(
+                "--objects-handshake-timeout must not be negative, "
+                f"not {options['handshake-timeout']!r}"
+            )
         handler = options["handler"]
         if handler not in ("echo", "add"):
             _checkName("--objects-handler (echo, add or MODULE:CALLABLE)", handler)
@@ -146,6 +161,13 @@ class ObjectsService(ServicePlugin):
         ):
             return
         for description in endpoints:
+            if description.lower().startswith("haproxy:"):
+                raise UsageError(
+                    f"objects on {description!r} would serve clients of a proxy "
+                    "(never local ones) without an authkey: give "
+                    f"--objects-authkey-file (or ${AUTHKEY_VARIABLE}), or "
+                    "--objects-dangerously-allow-unauthenticated"
+                )
             if not isPrivateEndpoint(description):
                 raise UsageError(
                     f"objects would listen beyond loopback on {description!r} "
@@ -182,7 +204,7 @@ class ObjectsService(ServicePlugin):
         if options["threads"]:
             reactor.suggestThreadPoolSize(options["threads"])
             threadPool = reactor.getThreadPool()
-        return ObjectsFactory(
+        factory = ObjectsFactory(
             reactor,
             handler=handler,
             authkey=readAuthkey(options["authkey-file"]),
@@ -192,6 +214,8 @@ class ObjectsService(ServicePlugin):
             threadPool=threadPool,
             metrics=metrics.objects(),
         )
+        factory.handshakeTimeout = options["handshake-timeout"]
+        return factory
 
 
 def readAuthkey(path: str | None) -> bytes | None:

@@ -44,6 +44,7 @@ from netd.services.objects.wire import (
 from netd.throttledlog import ThrottledLog
 
 DEFAULT_MAX_PENDING = 16
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 # Handlers.
 
@@ -98,6 +99,7 @@ class ObjectsServerProtocol(FrameReceiver):
     log = Logger()
     factory: ObjectsFactory
     peer = "?"
+    _handshakeDeadline: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -121,9 +123,24 @@ class ObjectsServerProtocol(FrameReceiver):
         else:
             self._state = "response"
             self._challenge = newChallenge()
+            if self.factory.handshakeTimeout > 0:
+                self._handshakeDeadline = self.factory.reactor.callLater(
+                    self.factory.handshakeTimeout, self._handshakeTooLate
+                )
             self.sendFrame(CHALLENGE + self._challenge)
 
+    def _handshakeTooLate(self) -> None:
+        self._handshakeDeadline = None
+        self._fail(f"not done within {self.factory.handshakeTimeout:g}s")
+        self.transport.abortConnection()
+
+    def _cancelHandshakeDeadline(self) -> None:
+        if self._handshakeDeadline is not None:
+            self._handshakeDeadline.cancel()
+            self._handshakeDeadline = None
+
     def _ready(self) -> None:
+        self._cancelHandshakeDeadline()
         self._state = "ready"
         self.maxFrameLength = self.factory.maxBytes
 
@@ -241,6 +258,7 @@ class ObjectsServerProtocol(FrameReceiver):
             self.holdFrames(full)
 
     def connectionLost(self, reason: Any = None) -> None:
+        self._cancelHandshakeDeadline()
         self._closing = True
         running, self._running = self._running, []
         self._replies.clear()
@@ -289,6 +307,8 @@ class ObjectsFactory(Factory):
     @ivar maxBytes: the largest request frame; a longer one closes the
         connection.
     @ivar maxPending: requests one connection may have in progress at once.
+    @ivar handshakeTimeout: seconds a client has to finish the handshake
+        (with an authkey) before it is cut off; 0 for no deadline.
     @ivar metrics: what requests, errors and handshake failures are
         reported to.
     """
@@ -296,6 +316,7 @@ class ObjectsFactory(Factory):
     protocol = ObjectsServerProtocol  # type: ignore[assignment]
     noisy = False
     log = Logger()
+    handshakeTimeout = DEFAULT_HANDSHAKE_TIMEOUT
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ protocol over fake transports, and downloads over real loopback sockets.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer, protocol, ssl, task, threads
 from twisted.internet import reactor as _reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     connectProtocol,
@@ -27,6 +29,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import StartupError
+from netd.policy import clientAddress
 from netd.services.getfile.confinement import (
     MAX_LINE,
     ConfinedRoot,
@@ -46,6 +49,7 @@ from netd.services.getfile.server import (
     reportSentDirectly,
 )
 from netd.wrappers import PassThroughWrapper
+from tests.common import exchange
 
 BIG = 3 * 2**20 + 17
 
@@ -99,6 +103,16 @@ def makeTree(testCase: Any) -> tuple[str, str]:
 def content(root: str, name: str) -> bytes:
     with open(os.path.join(root, name), "rb") as stream:
         return stream.read()
+
+
+def makeLinkChain(directory: str, prefix: str, length: int, target: str) -> None:
+    """
+    Make C{PREFIX0} -> C{PREFIX1} -> ... -> C{PREFIX<length-1>} -> C{target}
+    in C{directory}.
+    """
+    for index in range(length):
+        following = f"{prefix}{index + 1}" if index + 1 < length else target
+        os.symlink(following, os.path.join(directory, f"{prefix}{index}"))
 
 
 ESCAPES = [
@@ -368,6 +382,70 @@ class ConfinedRootTests(SynchronousTestCase):
             self.confined.openFile("text.txt")
         self.assertEqual(raised.exception.code, 403)
 
+    def test_longLinkChain(self) -> None:
+        """
+        A chain of 1,200 symbolic links (deeper than Python's recursion
+        limit) is refused with 403, not a L{RecursionError}.
+        """
+        makeLinkChain(self.root, "chain", 1200, "text.txt")
+        with self.assertRaises(RequestRefused) as raised:
+            self.confined.openFile("chain0")
+        self.assertEqual(raised.exception.code, 403)
+        self.assertIn("symbolic links", raised.exception.reason)
+
+    def test_linkLoop(self) -> None:
+        """
+        Links that lead to each other are refused with 403, and a path
+        through them with 403 or 404.
+        """
+        os.symlink("loop-b", os.path.join(self.root, "loop-a"))
+        os.symlink("loop-a", os.path.join(self.root, "loop-b"))
+        os.symlink("loop-a/x", os.path.join(self.root, "loop-through"))
+        for name, codes in (("loop-a", (403,)), ("loop-through", (403, 404))):
+            with self.assertRaises(RequestRefused, msg=name) as raised:
+                self.confined.openFile(name)
+            self.assertIn(raised.exception.code, codes, name)
+
+    def test_linkReplacedWhileResolved(self) -> None:
+        """
+        A link replaced by a regular file between resolving's C{lstat} and
+        its C{readlink} (C{EINVAL}) is refused with 403; one removed
+        meanwhile (C{ENOENT}) with 404.
+        """
+        link = os.path.join(self.root, "racing")
+        realLstat = os.lstat
+
+        for replace, code in ((self.replaceByFile, 403), (os.unlink, 404)):
+            os.symlink("text.txt", link)
+            raced: list[str] = []
+
+            def lstat(
+                path: Any,
+                *args: Any,
+                raced: list[str] = raced,
+                replace: Any = replace,
+                **kwargs: Any,
+            ) -> Any:
+                result = realLstat(path, *args, **kwargs)
+                if path == link and not raced:
+                    raced.append(path)
+                    replace(link)
+                return result
+
+            self.patch(os, "lstat", lstat)
+            with self.assertRaises(RequestRefused) as raised:
+                self.confined.openFile("racing")
+            self.assertEqual(raced, [link])
+            self.assertEqual(raised.exception.code, code)
+            if os.path.lexists(link):
+                os.unlink(link)
+
+    @staticmethod
+    def replaceByFile(path: str) -> None:
+        os.unlink(path)
+        with open(path, "wb") as stream:
+            stream.write(b"now a file")
+
     @settings(max_examples=200, deadline=None)
     @given(
         st.lists(
@@ -421,6 +499,8 @@ class ServicePluginTests(SynchronousTestCase):
             "root": None,
             "request-timeout": 10.0,
             "max-transfers": 64,
+            "max-per-source": 8,
+            "stall-timeout": 60.0,
             "no-sendfile": False,
         }
         options.update(overrides)
@@ -462,22 +542,30 @@ class ServicePluginTests(SynchronousTestCase):
         service = GetFileService()
         factory = service.makeFactory(self.options(), task.Clock())
         options = self.options(
-            root=root, **{"request-timeout": 3.0, "max-transfers": 2}
+            root=root,
+            **{
+                "request-timeout": 3.0,
+                "max-transfers": 2,
+                "max-per-source": 1,
+                "stall-timeout": 5.0,
+            },
         )
         options["no-sendfile"] = True
-        applied = service.reconfigure(
-            options,
-            ["root", "request-timeout", "max-transfers", "no-sendfile", "other"],
-            factory,
-            [],
-        )
-        self.assertEqual(
-            sorted(applied), ["max-transfers", "no-sendfile", "request-timeout", "root"]
-        )
+        changed = [
+            "root",
+            "request-timeout",
+            "max-transfers",
+            "max-per-source",
+            "stall-timeout",
+            "no-sendfile",
+        ]
+        applied = service.reconfigure(options, [*changed, "other"], factory, [])
+        self.assertEqual(sorted(applied), sorted(changed))
         self.assertEqual(
             (factory.root.path, factory.requestTimeout, factory.maxTransfers),
             (os.path.realpath(root), 3.0, 2),
         )
+        self.assertEqual((factory.maxPerSource, factory.stallTimeout), (1, 5.0))
         self.assertFalse(factory.sendfile)
         missing = self.options(root=os.path.join(root, "missing"))
         self.assertEqual(service.reconfigure(missing, ["root"], factory, []), [])
@@ -636,11 +724,13 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_answeredBeforeTimeout(self) -> None:
         """
-        Once the request is answered, the timeout no longer applies.
+        Once the request is answered, the timeout no longer applies (only
+        the transfer's stall check is pending).
         """
         proto, transport = self.connect()
         proto.dataReceived(b"GETFILE/1 0 big.bin\n")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        [check] = self.clock.getDelayedCalls()
+        self.assertEqual(check.getTime(), self.factory.stallTimeout)
 
     def test_overLongLine(self) -> None:
         """
@@ -718,6 +808,94 @@ class ProtocolTests(SynchronousTestCase):
         proto.dataReceived(b"GETFILE/1 0 one\n")
         self.assertEqual(self.drain(transport), b"OK 1\n\x00")
 
+    def connectFrom(self, host: str) -> tuple[GetFileProtocol, StringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", host, 4000))
+        proto.makeConnection(transport)
+        self.addCleanup(proto.connectionLost, None)
+        return proto, transport
+
+    def test_busySource(self) -> None:
+        """
+        Beyond C{maxPerSource} transfers under way to one address, its
+        requests are refused with 503; other addresses are served, and a
+        slot freed is taken again.
+        """
+        self.factory.maxPerSource = 2
+        first, _ = self.connectFrom("192.0.2.1")
+        first.dataReceived(b"big.bin\n")
+        second, _ = self.connectFrom("192.0.2.1")
+        second.dataReceived(b"big.bin\n")
+        proto, transport = self.connectFrom("192.0.2.1")
+        proto.dataReceived(b"GETFILE/1 0 text.txt\n")
+        self.assertEqual(transport.value(), b"ERR 503 busy\n")
+        proto, transport = self.connectFrom("192.0.2.2")
+        proto.dataReceived(b"GETFILE/1 0 one\n")
+        self.assertEqual(self.drain(transport), b"OK 1\n\x00")
+        proto.connectionLost(None)
+        self.assertEqual(self.factory.perSource, {clientAddress("192.0.2.1"): 2})
+        first.connectionLost(None)
+        proto, transport = self.connectFrom("192.0.2.1")
+        proto.dataReceived(b"GETFILE/1 0 one\n")
+        self.assertEqual(self.drain(transport), b"OK 1\n\x00")
+        proto.connectionLost(None)
+        second.connectionLost(None)
+        self.assertEqual(self.factory.perSource, {})
+
+    def test_stalled(self) -> None:
+        """
+        A transfer that sends nothing for C{stallTimeout} seconds (its
+        client does not read) is aborted and logged as stalled; one that
+        makes progress is left alone.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.factory.stallTimeout = 30.0
+        moving, movingTransport = self.connect()
+        moving.dataReceived(b"big.bin\n")
+        stuck, stuckTransport = self.connect()
+        stuck.dataReceived(b"big.bin\n")
+        movingTransport.producer.resumeProducing()
+        self.clock.advance(29.9)
+        self.assertFalse(stuckTransport.disconnected)
+        self.clock.advance(0.1)
+        self.assertTrue(stuckTransport.disconnected)
+        stuck.connectionLost(None)
+        [event] = [e for e in events if e.get("path") == "big.bin"]
+        self.assertEqual(event["outcome"], "stalled: nothing sent for 30s")
+        self.assertEqual(self.factory.transfers, {moving})
+        for _ in range(3):
+            movingTransport.producer.resumeProducing()
+            self.clock.advance(30.0)
+            self.assertFalse(movingTransport.disconnected)
+        self.clock.advance(30.0)
+        self.assertTrue(movingTransport.disconnected)
+
+    def test_noDescriptorForSendfile(self) -> None:
+        """
+        When the socket cannot be duplicated for sendfile (no descriptor
+        left), the request is refused as busy and the file closed.
+        """
+        opened: list[int] = []
+        openFile = self.factory.root.openFile
+
+        def recordingOpenFile(path: str) -> Any:
+            result = openFile(path)
+            opened.append(result.fd)
+            return result
+
+        def noDescriptor(*args: Any) -> Any:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        self.patch(self.factory.root, "openFile", recordingOpenFile)
+        self.patch(self.factory, "makeTransfer", noDescriptor)
+        proto, transport = self.connect()
+        proto.dataReceived(b"GETFILE/1 0 text.txt\n")
+        self.assertEqual(transport.value(), b"ERR 503 busy\n")
+        self.assertRaises(OSError, os.fstat, opened[0])
+        self.assertEqual(self.factory.transfers, set())
+
     def test_disconnectClosesTheFile(self) -> None:
         """
         A client that goes away mid-transfer leaves no file open.
@@ -752,6 +930,32 @@ class ProtocolTests(SynchronousTestCase):
         ]
         self.assertEqual(event["path"], "../top-secret")
         self.assertIn("403", event["outcome"])
+
+    def test_linkTroubleLoggedOnce(self) -> None:
+        """
+        A 1,200-link chain and a loop get C{ERR 403} (the book form: a close
+        without a byte) and one log line each, never a traceback.
+        """
+        makeLinkChain(self.root, "chain", 1200, "text.txt")
+        os.symlink("loop-b", os.path.join(self.root, "loop-a"))
+        os.symlink("loop-a", os.path.join(self.root, "loop-b"))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for name in (b"chain0", b"loop-a"):
+            for form, expected in (
+                (b"GETFILE/1 0 ", b"ERR 403 forbidden\n"),
+                (b"", b""),
+            ):
+                del events[:]
+                proto, transport = self.connect()
+                proto.dataReceived(form + name + b"\n")
+                self.assertEqual(transport.value(), expected)
+                self.assertTrue(transport.disconnecting)
+                proto.connectionLost(None)
+                self.assertEqual(len(events), 1, events)
+                self.assertNotIn("log_failure", events[0])
+                self.assertIn("403", events[0]["outcome"])
 
 
 class FileTransferTests(SynchronousTestCase):
@@ -1199,6 +1403,41 @@ class LoopbackTests(TestCase):
         """
         received = yield self.fetch(b"GETFILE/1 0 " + b"x" * 70000)
         self.assertEqual(received, b"ERR 400 bad request\n")
+
+    @defer.inlineCallbacks
+    def test_stalledClient(self) -> defer.Generator:
+        """
+        A client that stops reading is cut off once its transfer made no
+        progress for C{stallTimeout} seconds; it gets less than the file.
+        """
+        self.factory.stallTimeout = 0.5
+        lost = self.factory.nextLost()
+        _path, client = yield self.pausedDownload("stall", b"s", 64 * 2**20)
+        server = yield lost
+        self.assertEqual(server._outcome, "stalled: nothing sent for 0.5s")
+        self.assertEqual(self.factory.transfers, set())
+        client.transport.resumeProducing()
+        received = yield client.closed
+        self.assertLess(len(received), 64 * 2**20)
+
+    @defer.inlineCallbacks
+    def test_busySource(self) -> defer.Generator:
+        """
+        With one transfer per address, a second request from 127.0.0.1
+        while its first is under way gets C{ERR 503}; 127.0.0.2 is served.
+        """
+        self.factory.maxPerSource = 1
+        _path, client = yield self.pausedDownload("held", b"h", 64 * 2**20)
+        self.addCleanup(client.transport.abortConnection)
+        for source, expected in (
+            ("127.0.0.1", b"ERR 503 busy\n"),
+            ("127.0.0.2", b"OK 1\n\x00"),
+        ):
+            endpoint = TCP4ClientEndpoint(
+                _reactor, "127.0.0.1", self.port, bindAddress=(source, 0)
+            )
+            received = yield exchange(endpoint, b"GETFILE/1 0 one\n")
+            self.assertEqual(received, expected, source)
 
     @defer.inlineCallbacks
     def test_disconnectMidTransfer(self) -> defer.Generator:

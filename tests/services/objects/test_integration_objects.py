@@ -19,13 +19,21 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from netd.services.objects.client import connectObjects
 from netd.services.objects.server import ObjectsFactory, addHandler, echoHandler
 from netd.services.objects.unpickling import requestProtocol
-from tests.common import BIN, PROJECT, TWISTD, runCommand, runNetd
+from netd.services.objects.wire import CHALLENGE
+from tests.common import (
+    BIN,
+    PROJECT,
+    TWISTD,
+    CollectUntilClosed,
+    runCommand,
+    runNetd,
+)
 from tests.services.objects.test_objects import Reduce, hostilePickles
 
 MPCLIENT = os.path.join(PROJECT, "tests", "services", "objects", "mpclient.py")
@@ -372,6 +380,31 @@ class NetdClientTests(TestCase):
         self.assertEqual(results, [2 * n for n in range(50)])
         with self.assertRaises(TypeError):
             yield client.call(("a", 1))
+
+
+class HandshakeDeadlineTests(TestCase):
+    """
+    A client that never finishes the handshake is cut off, over real TCP.
+    """
+
+    @defer.inlineCallbacks
+    def test_silentClient(self) -> defer.Generator:
+        """
+        A client that reads the challenge and answers nothing is closed
+        once the handshake deadline passed; a client that answers is served.
+        """
+        factory = ObjectsFactory(_reactor, addHandler, authkey=b"k")
+        factory.handshakeTimeout = 0.5
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", port.getHost().port)
+        silent = CollectUntilClosed(halfClose=False)
+        yield connectProtocol(endpoint, silent)
+        received = yield silent.closed
+        self.assertTrue(received[4:].startswith(CHALLENGE), received)
+        client = yield connectObjects(endpoint, b"k")
+        self.addCleanup(client.transport.loseConnection)
+        self.assertEqual((yield client.call((1, 2))), 3)
 
 
 class TwistdObjectsTests(StdlibClientMixin, TestCase):

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -630,6 +630,42 @@ class ObjectsServerTests(SynchronousTestCase):
         protocol.dataReceived(frame(response) + frame(pickle.dumps(1)))
         self.assertEqual(replies_raw(transport), [FAILURE])
         self.assertTrue(transport.disconnecting)
+
+    def test_handshakeDeadline(self) -> None:
+        """
+        A client that has not finished the handshake within
+        C{handshakeTimeout} seconds is cut off and logged; one that did is
+        left alone, and without an authkey there is no deadline.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = serve(authkey=b"secret")
+        self.assertEqual(protocol.factory.handshakeTimeout, 10.0)
+        clock = protocol.factory.reactor
+        clock.advance(9.9)
+        self.assertFalse(transport.disconnected)
+        clock.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertIn(
+            "failed the handshake: not done within 10s",
+            [formatEvent(event) for event in events][-1],
+        )
+        protocol.connectionLost(None)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+        protocol, transport = serve(authkey=b"secret")
+        clock = protocol.factory.reactor
+        challenge = replies_raw(transport)[0][len(CHALLENGE) :]
+        protocol.dataReceived(frame(createResponse(b"secret", challenge)))
+        mine = os.urandom(20)
+        protocol.dataReceived(frame(CHALLENGE + mine) + frame(WELCOME))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(60)
+        self.assertFalse(transport.disconnecting)
+
+        protocol, transport = serve()
+        self.assertEqual(protocol.factory.reactor.getDelayedCalls(), [])
 
     def test_handshakeFrameCapped(self) -> None:
         """

@@ -124,6 +124,22 @@ class ObjectsOptionsTests(SynchronousTestCase):
         self.addCleanup(os.environ.pop, AUTHKEY_VARIABLE)
         self.parse("--objects=tcp:50016")
 
+    def test_proxiedNeedsAuthkey(self) -> None:
+        """
+        A C{haproxy:} endpoint without an authkey is a usage error naming
+        it, even on loopback or a UNIX socket: its clients are the proxy's.
+        """
+        for description in (
+            "haproxy:tcp:50016:interface=127.0.0.1",
+            "haproxy:unix:/run/netd-objects.sock",
+        ):
+            error = self.assertRaises(
+                UsageError, self.parse, f"--objects={description}"
+            )
+            self.assertIn(repr(description), str(error))
+            self.assertIn("proxy", str(error))
+            self.parse(f"--objects={description}", "--objects-authkey-file=key")
+
     def test_privateEndpoints(self) -> None:
         """
         Loopback interfaces, UNIX sockets and mutual TLS are private; all
@@ -139,7 +155,6 @@ class ObjectsOptionsTests(SynchronousTestCase):
             "unix:/run/netd.sock",
             "ssl:1:privateKey=k:interface=127.0.0.1",
             "tls:1:privateKey=k:certKey=c:clientCA=ca.pem",
-            "haproxy:tcp:1:interface=127.0.0.1",
             "systemd:domain=INET:name=not-handed-over",
         ]
         public = [
@@ -150,9 +165,11 @@ class ObjectsOptionsTests(SynchronousTestCase):
             "ssl:1:privateKey=k",
             "tls:1:privateKey=k:certKey=c",
             "haproxy:tcp:1",
+            "haproxy:tcp:1:interface=127.0.0.1",
+            "haproxy:unix:/run/netd.sock",
         ]
-        self.assertEqual([isPrivateEndpoint(d) for d in private], [True] * 8)
-        self.assertEqual([isPrivateEndpoint(d) for d in public], [False] * 7)
+        self.assertEqual([isPrivateEndpoint(d) for d in private], [True] * 7)
+        self.assertEqual([isPrivateEndpoint(d) for d in public], [False] * 9)
 
     def test_inheritedHost(self) -> None:
         """
