@@ -6,6 +6,11 @@ unpickled by L{netd.services.objects.unpickling}.
 
 A request frame holds one pickle; its reply frame holds one pickle, in a
 protocol no higher than the request's.
+
+With a L{WorkerPool}, requests run in worker processes, but for those
+L{isCheap} proves small, which are handled at once in the reactor's thread.
+Bytes held for requests and replies count against netd's
+L{BufferBudget}: a large request that would go over it is refused.
 """
 
 from __future__ import annotations
@@ -22,10 +27,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.budget import DAEMON, BufferBudget
 from netd.plugin import IGracefulProtocol
+from netd.services.objects.processing import (
+    DEFAULT_MAX_REPLY_BYTES,
+    encodeReply,
+    isCheap,
+    processFrame,
+)
 from netd.services.objects.unpickling import (
     PickleRefusedError,
-    builtinException,
     loadRestricted,
     requestProtocol,
 )
@@ -44,6 +55,10 @@ from netd.services.objects.wire import (
 from netd.throttledlog import ThrottledLog
 
 DEFAULT_MAX_PENDING = 16
+
+LARGE_FRAME = 64 * 1024
+"""Requests this large or larger are admitted only if netd's buffer budget
+has room for them whole."""
 
 # Handlers.
 
@@ -74,12 +89,15 @@ HANDLERS: dict[str, Callable[[Any], Any]] = {"echo": echoHandler, "add": addHand
 class _Reply:
     """
     One request's place in the line of replies.
+
+    @ivar held: the bytes charged to the buffer budget for it.
     """
 
-    __slots__ = ("frame",)
+    __slots__ = ("frame", "held")
 
-    def __init__(self) -> None:
+    def __init__(self, held: int) -> None:
         self.frame: bytes | None = None
+        self.held = held
 
 
 @implementer(IPushProducer, IGracefulProtocol)
@@ -90,7 +108,8 @@ class ObjectsServerProtocol(FrameReceiver):
 
     At most C{factory.maxPending} requests are in progress at once; beyond
     that, and while replies wait unsent in the transport, the connection is
-    not read from.
+    not read from, and replies that become ready wait here, counted against
+    the buffer budget, until the client reads.
 
     @ivar factory: the L{ObjectsFactory}.
     """
@@ -98,6 +117,7 @@ class ObjectsServerProtocol(FrameReceiver):
     log = Logger()
     factory: ObjectsFactory
     peer = "?"
+    _reserved = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -116,6 +136,7 @@ class ObjectsServerProtocol(FrameReceiver):
         setTcpNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setTcpNoDelay is not None:
             setTcpNoDelay(True)
+        self._budget = self.factory.budget
         if self.factory.authkey is None:
             self._ready()
         else:
@@ -179,17 +200,46 @@ class ObjectsServerProtocol(FrameReceiver):
         )
         super().badFrame(reason)
 
+    def admitFrame(self, length: int) -> bool:
+        """
+        Buffer a large request only if netd's buffer budget has room for it;
+        else skip its bytes and reply a C{MemoryError}.
+        """
+        if length < LARGE_FRAME or self._state != "ready":
+            return True
+        if self._budget.reserve(self, length, f"a request from {self.peer}"):
+            self._reserved = length
+            return True
+        self.requests += 1
+        reply = _Reply(0)
+        reply.frame = self.factory.encode(
+            MemoryError(
+                f"netd is holding too many requests: a request of {length} "
+                "bytes was refused, try again later"
+            ),
+            2,
+        )
+        self._replies.append(reply)
+        self._flush()
+        return False
+
     def _request(self, frame: bytes) -> None:
         self.requests += 1
-        result = self.factory.process(frame, self.peer)
+        held, self._reserved = self._reserved, 0
+        result = self.factory.process(frame, self.peer, self)
         if isinstance(result, bytes) and not self._replies:
+            if held:
+                self._budget.release(self, held)
             self.sendFrame(result)
             self._closeIfStopping()
             return
-        reply = _Reply()
+        if not held:
+            held = len(frame)
+            self._budget.charge(self, held)
+        reply = _Reply(held)
         self._replies.append(reply)
         if isinstance(result, bytes):
-            reply.frame = result
+            self._done(reply, result)
         else:
             self._running.append(result)
             result.addCallback(self._replied, reply, result)
@@ -199,17 +249,40 @@ class ObjectsServerProtocol(FrameReceiver):
         if self._closing:
             return
         self._running.remove(running)
-        reply.frame = frame
-        replies = self._replies
-        ready = []
-        while replies and replies[0].frame is not None:
-            done = replies.popleft().frame
-            assert done is not None
-            ready += [encodeFrameHeader(len(done)), done]
-        if ready:
-            self.transport.writeSequence(ready)
+        self._done(reply, frame)
+        self._flush()
         self._updateReading()
         self._closeIfStopping()
+
+    def _done(self, reply: _Reply, frame: bytes) -> None:
+        """
+        A reply is ready: until it is written, count it instead of its
+        request.
+        """
+        budget = self._budget
+        budget.release(self, reply.held)
+        reply.held = len(frame)
+        budget.charge(self, reply.held)
+        reply.frame = frame
+
+    def _flush(self) -> None:
+        """
+        Write the replies ready at the head of the line, unless the client
+        is not reading what was written already.
+        """
+        replies = self._replies
+        ready = []
+        released = 0
+        while replies and replies[0].frame is not None and not self._writesPaused:
+            done = replies.popleft()
+            frame = done.frame
+            assert frame is not None
+            released += done.held
+            ready += [encodeFrameHeader(len(frame)), frame]
+        if released:
+            self._budget.release(self, released)
+        if ready:
+            self.transport.writeSequence(ready)
 
     def stopGracefully(self) -> None:
         """
@@ -236,13 +309,14 @@ class ObjectsServerProtocol(FrameReceiver):
                 self.transport.pauseProducing()
             else:
                 self.transport.resumeProducing()
-        if self._holding != full:
-            self.holdFrames(full)
+        if self._holding != pause:
+            self.holdFrames(pause)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._closing = True
         running, self._running = self._running, []
         self._replies.clear()
+        self._budget.releaseAll(self)
         for pending in running:
             pending.cancel()
 
@@ -257,10 +331,13 @@ class ObjectsServerProtocol(FrameReceiver):
 
     def resumeProducing(self) -> None:
         """
-        Replies have drained: read again unless too many requests are running.
+        Replies have drained: send those that waited, and read again unless
+        too many requests are running.
         """
         self._writesPaused = False
+        self._flush()
         self._updateReading()
+        self._closeIfStopping()
 
     def stopProducing(self) -> None:
         """
@@ -284,10 +361,18 @@ class ObjectsFactory(Factory):
 
     @ivar authkey: the shared key, or L{None} to skip the handshake.
     @ivar handler: called with each request object; returns the reply or a
-        Deferred of it.
+        Deferred of it (a Deferred only without a pool).
     @ivar maxBytes: the largest request frame; a longer one closes the
         connection.
     @ivar maxPending: requests one connection may have in progress at once.
+    @ivar maxReplyBytes: the largest reply; a larger one is replaced by a
+        C{ValueError}.
+    @ivar pool: the L{WorkerPool} requests run in, or L{None} to run them
+        all in the reactor's thread.
+    @ivar inlineCheap: whether requests L{isCheap} proves small skip the
+        pool (only for netd's own handlers, whose cost is known).
+    @ivar budget: the L{BufferBudget} the connections' requests and replies
+        count against.
     """
 
     protocol = ObjectsServerProtocol  # type: ignore[assignment]
@@ -302,14 +387,17 @@ class ObjectsFactory(Factory):
         allowed: Mapping[tuple[str, str], Any] | None = None,
         maxBytes: int = DEFAULT_MAX_BYTES,
         maxPending: int = DEFAULT_MAX_PENDING,
-        threadPool: Any = None,
+        pool: Any = None,
+        maxReplyBytes: int = DEFAULT_MAX_REPLY_BYTES,
+        budget: BufferBudget | None = None,
     ) -> None:
         """
-        @param reactor: the reactor (for the thread pool's results).
+        @param reactor: the reactor (for the throttled log).
         @param allowed: extra globals requests may use, C{(module, qualname)}
             to the object.
-        @param threadPool: when given, decoding, the handler and encoding
-            run there (the handler must then return a value, not a Deferred).
+        @param pool: a L{netd.services.objects.pool.WorkerPool} (started and
+            stopped with this factory), or L{None}.
+        @param budget: netd's own L{netd.budget.DAEMON} by default.
         """
         self.reactor = reactor
         self.handler = handler
@@ -317,22 +405,45 @@ class ObjectsFactory(Factory):
         self.allowed = dict(allowed or {})
         self.maxBytes = maxBytes
         self.maxPending = maxPending
-        self.threadPool = threadPool
+        self.maxReplyBytes = maxReplyBytes
+        self.pool = pool
+        self.inlineCheap = handler in HANDLERS.values()
+        self.budget = budget if budget is not None else DAEMON
         self._refusalLog = ThrottledLog(reactor, interval=1.0, lines=10)
 
-    def process(self, frame: bytes, peer: str) -> bytes | defer.Deferred[bytes]:
-        """
-        Turn one request frame into its reply frame: at once when the
-        handler returns a value, else a Deferred; never fails.
-        """
-        protocol = requestProtocol(frame)
-        if self.threadPool is not None:
-            from twisted.internet.threads import deferToThreadPool
+    def startFactory(self) -> None:
+        if self.pool is not None:
+            self.pool.start()
 
-            running: defer.Deferred[Any] = deferToThreadPool(
-                self.reactor, self.threadPool, self._processInThread, frame, peer
+    def stopFactory(self) -> None:
+        """
+        The last listener stopped: the pool stops once the requests in
+        progress are answered.
+        """
+        if self.pool is not None:
+            self.pool.stop()
+
+    def process(
+        self, frame: bytes, peer: str, owner: object = None
+    ) -> bytes | defer.Deferred[bytes]:
+        """
+        Turn one request frame into its reply frame: at once when it is
+        handled here, else a Deferred; never fails.
+
+        @param owner: the connection, whose requests the pool serves in
+            turn with other connections'.
+        """
+        pool = self.pool
+        if pool is not None:
+            if self.inlineCheap and isCheap(frame):
+                return processFrame(
+                    frame, self.handler, {}, self.maxReplyBytes, pickle.loads
+                ).reply
+            running: defer.Deferred[Any] = pool.submit(frame, owner)
+            return running.addCallback(self._pooled, peer).addErrback(
+                self._encodeError, requestProtocol(frame)
             )
-            return running.addErrback(self._encodeError, protocol)
+        protocol = requestProtocol(frame)
         try:
             result = self.handler(self.decode(frame, peer))
         except Exception as error:
@@ -343,15 +454,19 @@ class ObjectsFactory(Factory):
             )
         return self.encode(result, protocol)
 
-    def _processInThread(self, frame: bytes, peer: str) -> bytes:
-        protocol = requestProtocol(frame)
-        try:
-            result = self.handler(self.decode(frame, peer))
-        except Exception as error:
-            result = error
-        if isinstance(result, defer.Deferred):
-            result = TypeError("a handler run in threads must not return a Deferred")
-        return self.encode(result, protocol)
+    def _pooled(self, outcome: tuple[bytes, str | None], peer: str) -> bytes:
+        reply, refusal = outcome
+        if refusal is not None:
+            self._logRefusal(peer, refusal)
+        return reply
+
+    def _logRefusal(self, peer: str, reason: str) -> None:
+        self._refusalLog.emit(
+            self.log.warn,
+            "objects: refused a pickle from {peer}: {reason}",
+            peer=peer,
+            reason=reason,
+        )
 
     def decode(self, frame: bytes, peer: str) -> Any:
         """
@@ -361,12 +476,7 @@ class ObjectsFactory(Factory):
         try:
             return loadRestricted(frame, self.allowed)
         except PickleRefusedError as error:
-            self._refusalLog.emit(
-                self.log.warn,
-                "objects: refused a pickle from {peer}: {reason}",
-                peer=peer,
-                reason=str(error),
-            )
+            self._logRefusal(peer, str(error))
             raise
         except (RecursionError, MemoryError):
             raise
@@ -378,14 +488,7 @@ class ObjectsFactory(Factory):
 
     def encode(self, result: Any, protocol: int) -> bytes:
         """
-        Pickle a reply in C{protocol}; an exception (raised by the handler or
-        by pickling) becomes its nearest builtin exception. Names are not
-        mapped to Python 2's (C{fix_imports=False}), so that a
-        C{PermissionError} stays one in protocols 0 to 2.
+        Pickle a reply in C{protocol} (L{encodeReply}): an exception becomes
+        its nearest builtin exception, with a bounded message.
         """
-        if isinstance(result, BaseException):
-            result = builtinException(result)
-        try:
-            return pickle.dumps(result, protocol, fix_imports=False)
-        except Exception as error:
-            return pickle.dumps(builtinException(error), protocol, fix_imports=False)
+        return encodeReply(result, protocol, self.maxReplyBytes)
