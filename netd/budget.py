@@ -49,6 +49,12 @@ class BufferBudget:
             clock if clock is not None else _MonotonicClock(), interval=1.0, lines=10
         )
 
+    def setLimit(self, limit: int) -> None:
+        """
+        Change the limit (on reload): what is held stays held.
+        """
+        self.limit = limit
+
     def charge(self, owner: object, amount: int) -> None:
         """
         Count C{amount} bytes held by C{owner}, whatever the limit.

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
+from netd.budget import DAEMON, DEFAULT_MAX_BUFFERED
 from netd.config import configFlag, configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -40,7 +41,7 @@ from netd.systemd import Notifier, familyMismatch, inheritedNames
 #: table in the config file (see L{netd.policy.PolicySettings}).
 POLICY_KEYS = ("allow", "deny", "max-connections", "max-per-source", "idle-timeout")
 _POLICY_DEFAULTS = {"max-connections": 1000, "max-per-source": 0, "idle-timeout": 300.0}
-_GLOBAL_KEYS = frozenset({"services", "grace", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset({"services", "grace", "max-buffered", *POLICY_KEYS})
 
 
 def _repeatableOption(key: str, doc: str) -> Any:
@@ -123,6 +124,14 @@ class Options(usage.Options):
             "Seconds connections in flight get to finish when netd stops "
             f"[default: {DEFAULT_GRACE:g}].",
             float,
+        ],
+        [
+            "max-buffered",
+            None,
+            None,
+            "Bytes of client data all services together may hold in memory "
+            f"(large requests, unread replies) [default: {DEFAULT_MAX_BUFFERED}].",
+            int,
         ],
     ]
 
@@ -226,6 +235,17 @@ class Options(usage.Options):
         if not 0 <= self["grace"] < float("inf"):
             raise usage.UsageError(
                 f"--grace must be a number of seconds, not {self['grace']!r}"
+            )
+
+        if self["max-buffered"] is None:
+            self["max-buffered"] = configValue(
+                "max-buffered",
+                fileConfig.get("max-buffered", DEFAULT_MAX_BUFFERED),
+                int,
+            )
+        if self["max-buffered"] < 1024 * 1024:
+            raise usage.UsageError(
+                f"--max-buffered must be at least 1 MiB, not {self['max-buffered']!r}"
             )
 
         chosen = self._chosenServices(fileConfig, byName)
@@ -421,11 +441,13 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
 
     netd = NetdService(
         reactor,
-        {"grace": config["grace"]},
+        {"grace": config["grace"], "max-buffered": config["max-buffered"]},
         reread=config.reread,
         notifier=Notifier.fromEnvironment() if handleSignals else None,
         handleSignals=handleSignals,
     )
+    DAEMON.limit = config["max-buffered"]
+    netd.liveSettings["max-buffered"] = DAEMON.setLimit
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         running = RunningService(

@@ -224,12 +224,11 @@ class WorkerPool:
     def _retireIfDone(self) -> None:
         if self.running:
             return
-        busy = any(worker.job is not None for worker in self._workers)
-        if self._queues and self._idle:
-            return
-        if self._queues and not self._workers:
+        if self._queues:
+            if self._workers:
+                return
             self._failQueued(RuntimeError("netd's objects workers are stopped"))
-        if not busy:
+        if not any(worker.job is not None for worker in self._workers):
             for worker in self._workers:
                 if not worker.ending:
                     worker.close()
