@@ -53,6 +53,7 @@ bench: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/echo_bench.py
 	$(BIN)/python bench/getfile_bench.py
 	$(BIN)/python bench/objects_bench.py
+	$(BIN)/python bench/isolation.py
 
 ## bench-echo: echo only (C=1, C=64, bulk) against Twisted and asyncio peers
 bench-echo: $(VENV)/.installed bench/echoload

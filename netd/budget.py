@@ -124,5 +124,29 @@ class _MonotonicClock:
         return time.monotonic()
 
 
+def returnFreedBuffers(threshold: int = 128 * 1024) -> bool:
+    """
+    Have glibc's C{malloc} serve every allocation over C{threshold} bytes
+    with its own C{mmap}, so that a client's large buffer goes back to the
+    system once freed (by default glibc raises this threshold after the
+    first large free, and RSS then stays at its peak after a flood).
+    Nothing elsewhere than glibc.
+
+    @return: whether the setting was applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_MMAP_THRESHOLD = -3
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))
+
+
 DAEMON = BufferBudget()
 """netd's own budget; L{netd.tap} sets its limit from C{--max-buffered}."""

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.python import usage
 
-from netd.budget import DAEMON, DEFAULT_MAX_BUFFERED
+from netd.budget import DAEMON, DEFAULT_MAX_BUFFERED, returnFreedBuffers
 from netd.config import configFlag, configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -436,6 +436,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        returnFreedBuffers()
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 

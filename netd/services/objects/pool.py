@@ -181,6 +181,8 @@ class WorkerPool:
             path = os.pathsep.join(entry for entry in sys.path if entry)
             environ = dict(os.environ, PYTHONPATH=path)
         self._environ = dict(environ)
+        # Large buffers go back to the system once freed (see netd.budget).
+        self._environ.setdefault("MALLOC_MMAP_THRESHOLD_", "131072")
         self.running = False
         self.stats = dict.fromkeys(
             ("requests", "timeouts", "exhausted", "crashes", "spawned"), 0
