@@ -34,43 +34,17 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 LISTENING = re.compile(
     r"(?P<service>[\w-]+) listening on TCP 127\.0\.0\.1:(?P<port>\d+)"
 )
-PRIME = 2**61 - 1
 
 
-# Hostile requests (as in tests/services/objects/test_pool.py).
-
-
-def _long1(value: int) -> bytes:
-    data = pickle.encode_long(value)  # type: ignore[attr-defined]
-    return b"\x8a" + bytes([len(data)]) + data
-
-
-def collidingSet(count: int = 50_000) -> bytes:
-    items = b"".join(_long1(1 + i * PRIME) for i in range(count))
-    return b"\x80\x04\x8f(" + items + b"\x90."
-
-
-def collidingDict(count: int = 50_000) -> bytes:
-    items = b"".join(_long1(1 + i * PRIME) + b"N" for i in range(count))
-    return b"\x80\x04}(" + items + b"u."
-
-
-def hugeDecimal() -> bytes:
-    data = pickle.encode_long(2**3_000_000)  # type: ignore[attr-defined]
-    return (
-        b"\x80\x04\x8c\x07decimal\x8c\x07Decimal\x93\x8b"
-        + struct.pack("<I", len(data))
-        + data
-        + b"\x85R."
-    )
-
-
-def deepLists(depth: int = 1_000_000) -> bytes:
-    return b"\x80\x04" + b"]" * depth + b"a" * (depth - 1) + b"."
-
-
-def badFloat(size: int = 4 * 1024 * 1024) -> bytes:
-    return b"F" + b"9x" * (size // 2) + b"\n."
+# Hostile requests: the test suite's own.
+sys.path.insert(0, PROJECT)
+from tests.services.objects.test_pool import (  # noqa: E402
+    badFloatLine,
+    collidingDict,
+    collidingSet,
+    deepLists,
+    hugeDecimal,
+)
 
 
 def frame(body: bytes) -> bytes:
@@ -164,11 +138,13 @@ def partialFrames(port: int, end: float, clients: int = 24) -> None:
 
 
 ATTACKS = {
-    "colliding-set": lambda port, end: repeatRequest(port, collidingSet(), end),
-    "colliding-dict": lambda port, end: repeatRequest(port, collidingDict(), end),
+    "colliding-set": lambda port, end: repeatRequest(port, collidingSet(50_000), end),
+    "colliding-dict": lambda port, end: repeatRequest(port, collidingDict(50_000), end),
     "huge-decimal": lambda port, end: repeatRequest(port, hugeDecimal(), end),
-    "deep-nesting": lambda port, end: repeatRequest(port, deepLists(), end),
-    "bad-float-4MiB": lambda port, end: repeatRequest(port, badFloat(), end),
+    "deep-nesting": lambda port, end: repeatRequest(port, deepLists(1_000_000), end),
+    "bad-float-4MiB": lambda port, end: repeatRequest(
+        port, badFloatLine(4 * 1024 * 1024), end
+    ),
     "non-reading-x20": nonReading,
     "partial-8MiB-x24": partialFrames,
 }

@@ -166,7 +166,8 @@ _SIZED1 = {
 }
 _SIZED4 = {pickle.BINUNICODE, pickle.BINBYTES, pickle.BINSTRING}
 
-_ARGUMENT_LENGTH: dict[int, int] = {}
+_REFUSED = -9
+_ARGUMENT_LENGTH = [_REFUSED] * 256
 for _opcodes, _length in (
     (_NO_ARGUMENT, 0),
     (_SIZED1, -1),
@@ -176,7 +177,9 @@ for _opcodes, _length in (
         _ARGUMENT_LENGTH[_opcode[0]] = _length
 for _opcode, _length in _FIXED.items():
     _ARGUMENT_LENGTH[_opcode[0]] = _length
-del _opcodes, _opcode, _length
+_ARGUMENT_LENGTH[pickle.STOP[0]] = -2
+_TABLE = tuple(_ARGUMENT_LENGTH)
+del _opcodes, _opcode, _length, _ARGUMENT_LENGTH
 
 _UINT32 = struct.Struct("<I")
 
@@ -207,25 +210,23 @@ def isCheap(frame: bytes, maxBytes: int = INLINE_MAX_BYTES) -> bool:
     than the recursion limit with a C{RecursionError}.
     """
     size = len(frame)
-    if size > maxBytes:
+    if size > maxBytes or not size or frame[-1] != 0x2E:  # STOP
         return False
-    lengths = _ARGUMENT_LENGTH
+    table = _TABLE
     offset = 0
     try:
-        while offset < size:
-            code = frame[offset]
-            length = lengths.get(code)
-            if length is None:
-                return False
+        while True:
+            length = table[frame[offset]]
             offset += 1
-            if length > 0:
+            if length >= 0:
                 offset += length
             elif length == -1:
                 offset += 1 + frame[offset]
             elif length == -4:
                 offset += 4 + _UINT32.unpack_from(frame, offset)[0]
-            if code == 0x2E:  # STOP
+            elif length == -2:  # STOP
                 return offset == size
+            else:
+                return False
     except (IndexError, struct.error):
         return False
-    return False

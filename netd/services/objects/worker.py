@@ -103,14 +103,20 @@ def main(argv: list[str]) -> int:
     maxReply = int(config["maxReplyBytes"])
     timeout = float(config["timeout"])
     maxBytes = int(config["maxBytes"])
-    limitMemory(int(config["memory"]))
+    try:
+        limitMemory(int(config["memory"]))
+    except (OSError, ValueError) as error:
+        print(f"cannot limit this worker's memory: {error}", file=sys.stderr)
     replies.send_bytes(b"")
     while True:
         try:
             frame = requests.recv_bytes(maxBytes + 16)
         except (EOFError, OSError):
             return 0
-        limitCpu(timeout)
+        try:
+            limitCpu(timeout)
+        except (OSError, ValueError):
+            pass
         outcome = processFrame(frame, handler, allowed, maxReply)
         replies.send_bytes(
             encodeOutcome(outcome.reply, outcome.refusal, outcome.exhausted)
