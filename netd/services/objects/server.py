@@ -290,6 +290,7 @@ class ObjectsServerProtocol(FrameReceiver):
         the last reply in progress is sent.
         """
         self._stopping = True
+        self._updateReading()
         self._closeIfStopping()
 
     def _closeIfStopping(self) -> None:
@@ -302,7 +303,7 @@ class ObjectsServerProtocol(FrameReceiver):
         if self._closing:
             return
         full = len(self._replies) >= self.factory.maxPending
-        pause = full or self._writesPaused
+        pause = full or self._writesPaused or self._stopping
         if pause != self._readPaused:
             self._readPaused = pause
             if pause:

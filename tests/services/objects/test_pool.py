@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -33,7 +34,7 @@ from netd.services.objects.server import ObjectsFactory, addHandler, echoHandler
 from netd.services.objects.unpickling import MAX_ERROR_MESSAGE
 from netd.services.objects.wire import FrameReceiver, encodeFrameHeader
 from netd.services.objects.worker import decodeOutcome, encodeOutcome
-from tests.common import runNetd
+from tests.common import runNetd, waitForOutput
 
 HERE = "tests.services.objects.test_pool"
 PRIME = 2**61 - 1
@@ -65,6 +66,17 @@ def suicide(request: Any) -> Any:
     if request == "die":
         os.kill(os.getpid(), signal.SIGKILL)
     return request
+
+
+def waitForFile(path: str) -> str:
+    """
+    Say so on standard error, then wait until C{path} exists: a request
+    that stays in progress until the test lets it end.
+    """
+    print("waiting for", path, file=sys.stderr, flush=True)
+    while not os.path.exists(path):
+        pass
+    return path
 
 
 # Hostile pickles.
@@ -480,6 +492,38 @@ class NetdIsolationTests(TestCase):
         client.transport.loseConnection()
         yield client.closed
         self.assertIn(b"ran over 1.0s; killing worker", netd.output)
+
+
+class NetdStopTests(TestCase):
+    """
+    netd's graceful stop waits for requests in progress in the workers.
+    """
+
+    @defer.inlineCallbacks
+    def test_requestFinishesOnStop(self) -> defer.Generator:
+        netd = yield runNetd(
+            self,
+            "--services=objects",
+            "--objects=tcp:0:interface=127.0.0.1",
+            f"--objects-handler={HERE}:waitForFile",
+            "--objects-workers=1",
+            "--objects-timeout=60",
+        )
+        client = FrameClient()
+        yield connect(netd.port("objects"), client)
+        path = os.path.abspath(self.mktemp())
+        reply = client.request(pickle.dumps(path))
+        yield waitForOutput(netd, "waiting for")
+        netd.signal("TERM")
+        yield waitForOutput(netd, "stopping: 1 connections open")
+        self.assertFalse(reply.called)
+        with open(path, "w"):
+            pass
+        self.assertEqual((yield reply), path)
+        yield client.closed
+        yield netd.ended
+        self.assertIn(b"Server Shut Down.", netd.output)
+        self.assertNotIn(b"aborting", netd.output)
 
 
 class CheapTests(SynchronousTestCase):
