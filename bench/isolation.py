@@ -78,11 +78,14 @@ def repeatRequest(port: int, body: bytes, end: float, connections: int = 2) -> N
     """
 
     def one() -> None:
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.settimeout(max(1.0, end - time.time() + 10))
-            while time.time() < end:
-                sock.sendall(frame(body))
-                readFrame(sock)
+        try:
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.settimeout(max(1.0, end - time.time() + 10))
+                while time.time() < end:
+                    sock.sendall(frame(body))
+                    readFrame(sock)
+        except OSError as error:
+            print(f"attack connection ended: {error}", file=sys.stderr)
 
     threads = [threading.Thread(target=one) for _ in range(connections)]
     for thread in threads:
@@ -221,7 +224,9 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def startNetd(root: str) -> tuple[subprocess.Popen[str], dict[str, int]]:
+def startNetd(
+    root: str, extra: list[str]
+) -> tuple[subprocess.Popen[str], dict[str, int]]:
     env = dict(os.environ, PYTHONPATH=PROJECT)
     netd = subprocess.Popen(
         [
@@ -236,6 +241,7 @@ def startNetd(root: str) -> tuple[subprocess.Popen[str], dict[str, int]]:
             "--getfile=tcp:0:interface=127.0.0.1",
             f"--getfile-root={root}",
             "--objects=tcp:0:interface=127.0.0.1",
+            *extra,
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -268,13 +274,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--attacks", default=",".join(ATTACKS))
+    parser.add_argument(
+        "--netd-arg",
+        action="append",
+        default=[],
+        help="an extra netd option (--netd-arg=--objects-workers=0: no isolation)",
+    )
     args = parser.parse_args()
     chosen = [name for name in args.attacks.split(",") if name]
 
     root = tempfile.mkdtemp(prefix="netd-isolation-")
     with open(os.path.join(root, "probe.txt"), "wb") as stream:
         stream.write(b"p" * 1024)
-    netd, ports = startNetd(root)
+    netd, ports = startNetd(root, args.netd_arg)
     try:
         time.sleep(1.0)
         print(
