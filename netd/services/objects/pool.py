@@ -231,6 +231,7 @@ class WorkerPool:
                 return
             self._failQueued(RuntimeError("netd's objects workers are stopped"))
         if not any(worker.job is not None for worker in self._workers):
+            self._idle = []
             for worker in self._workers:
                 if not worker.ending:
                     worker.close()
@@ -268,7 +269,7 @@ class WorkerPool:
             Cancelling it drops the request (or its reply, once running).
         """
         job = _Job(frame, owner)
-        if not self.running and not self._workers:
+        if not self.running and all(worker.ending for worker in self._workers):
             job.deferred.errback(RuntimeError("netd's objects workers are stopped"))
             return job.deferred
         queue = self._queues.get(owner)

@@ -35,6 +35,7 @@ from netd.services.objects.unpickling import MAX_ERROR_MESSAGE
 from netd.services.objects.wire import FrameReceiver, encodeFrameHeader
 from netd.services.objects.worker import decodeOutcome, encodeOutcome
 from tests.common import runNetd, waitForOutput
+from tests.services.objects.test_integration_objects import StdlibClientMixin
 
 HERE = "tests.services.objects.test_pool"
 PRIME = 2**61 - 1
@@ -387,6 +388,9 @@ class AttackTests(IsolationMixin, TestCase):
         self.assertEqual((yield reply), list(range(100_000)))
         yield stopped
         self.assertEqual(self.pool._workers, [])
+        late = self.pool.submit(pickle.dumps(1))
+        failure = yield self.assertFailure(late, RuntimeError)
+        self.assertIn("stopped", str(failure))
 
 
 class BudgetTests(IsolationMixin, TestCase):
@@ -458,7 +462,7 @@ class BudgetTests(IsolationMixin, TestCase):
         self.assertEqual(self.budget.used, 0)
 
 
-class NetdIsolationTests(TestCase):
+class NetdIsolationTests(StdlibClientMixin, TestCase):
     """
     The whole daemon: an objects attack against C{twistd -n netd} leaves
     echo answering.
@@ -492,6 +496,40 @@ class NetdIsolationTests(TestCase):
         client.transport.loseConnection()
         yield client.closed
         self.assertIn(b"ran over 1.0s; killing worker", netd.output)
+
+    @defer.inlineCallbacks
+    def test_stdlibClients(self) -> defer.Generator:
+        """
+        The standard library's clients of Python 3.11 and 3.13 get a
+        C{TimeoutError} for a colliding set, a short C{ValueError} for a bad
+        4 MiB C{FLOAT} line, and their connection keeps working.
+        """
+        netd = yield runNetd(
+            self,
+            "--services=objects",
+            "--objects=tcp:0:interface=127.0.0.1",
+            "--objects-timeout=1",
+            "--objects-workers=2",
+        )
+        port = netd.port("objects")
+        for version in ("3.11", "3.13"):
+            output = yield self.stdlibClient(
+                version,
+                port,
+                [
+                    f"raw {collidingSet(50_000).hex()}",
+                    "obj {'still': 'here'}",
+                    f"raw {badFloatLine(4 * 1024 * 1024).hex()}",
+                    "pipe 20",
+                ],
+            )
+            self.assertEqual(
+                output[0], "TimeoutError: the request took over 1 s and was stopped"
+            )
+            self.assertEqual(output[1], "{'still': 'here'}")
+            self.assertTrue(output[2].startswith("ValueError: not a valid pickle"))
+            self.assertLess(len(output[2]), MAX_ERROR_MESSAGE + 100)
+            self.assertEqual(output[3:], ["in order"])
 
 
 class NetdStopTests(TestCase):
