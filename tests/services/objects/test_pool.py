@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as _reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import Clock
 from twisted.protocols import wire
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -651,3 +652,157 @@ class OutcomeTests(SynchronousTestCase):
         reply = pickle.loads(encodeReply(ValueError("y" * 100_000), 2))
         self.assertTrue(str(reply).startswith("y" * MAX_ERROR_MESSAGE + "... "))
         self.assertIn("(100000 characters in all)", str(reply))
+
+
+# The pool's supervision, with a fake process reactor and a fake clock.
+
+
+class FakeProcess:
+    """
+    What L{WorkerPool} sees of a worker process.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sent = b""
+        self.signals: list[str] = []
+        self.closed: list[int] = []
+
+    def closeStdin(self) -> None:
+        self.closed.append(0)
+
+    def closeChildFD(self, fd: int) -> None:
+        self.closed.append(fd)
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self.sent += data
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class FakeProcessReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.workers: list[Any] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: Any, **kw: Any) -> None:
+        proto.makeConnection(FakeProcess(1000 + len(self.workers)))
+        self.workers.append(proto)
+
+
+def reply(worker: Any, body: bytes) -> None:
+    """
+    The worker sends one frame.
+    """
+    worker.childDataReceived(4, encodeFrameHeader(len(body)) + body)
+
+
+def end(worker: Any, signalName: str | None = None) -> None:
+    from twisted.internet.error import ProcessDone, ProcessTerminated
+    from twisted.python.failure import Failure
+
+    if signalName is None:
+        worker.processEnded(Failure(ProcessDone(0)))
+    else:
+        number = getattr(signal, signalName)
+        worker.processEnded(Failure(ProcessTerminated(None, number)))
+
+
+class SupervisionTests(SynchronousTestCase):
+    """
+    L{WorkerPool}'s watchdog, replacement and turns, on a fake clock.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = FakeProcessReactor()
+        self.pool = WorkerPool(self.reactor, "echo", size=1, timeout=5.0)
+        self.pool.start()
+        [self.worker] = self.reactor.workers
+        reply(self.worker, b"")
+
+    def test_watchdog(self) -> None:
+        """
+        A request over its time gets a C{TimeoutError}, its worker a
+        C{SIGKILL} and a successor once it ended.
+        """
+        result = self.pool.submit(b"request")
+        self.assertTrue(self.worker.transport.sent.endswith(b"request"))
+        self.reactor.advance(4.9)
+        self.assertNoResult(result)
+        self.reactor.advance(0.2)
+        self.failureResultOf(result, TimeoutError)
+        self.assertEqual(self.worker.transport.signals, ["KILL"])
+        end(self.worker, "SIGKILL")
+        self.assertEqual(len(self.reactor.workers), 2)
+        self.assertEqual(self.pool.stats["timeouts"], 1)
+
+    def test_answer(self) -> None:
+        """
+        A reply in time is the request's result; the watchdog is cancelled.
+        """
+        result = self.pool.submit(b"request")
+        reply(self.worker, encodeOutcome(b"answer", "refused", False))
+        self.assertEqual(self.successResultOf(result), (b"answer", "refused"))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_died(self) -> None:
+        """
+        A worker that dies with a request: C{RuntimeError} naming how, and a
+        successor; one killed by C{SIGXCPU} (its CPU limit): C{TimeoutError}.
+        """
+        result = self.pool.submit(b"request")
+        end(self.worker, "SIGSEGV")
+        self.assertIn("SIGSEGV", str(self.failureResultOf(result, RuntimeError).value))
+        successor = self.reactor.workers[1]
+        reply(successor, b"")
+        result = self.pool.submit(b"request")
+        end(successor, "SIGXCPU")
+        self.failureResultOf(result, TimeoutError)
+        self.assertEqual(self.pool.stats["crashes"], 2)
+
+    def test_failingStarts(self) -> None:
+        """
+        Workers that die before they are ready are restarted a second
+        apart; after three, queued requests get a C{RuntimeError}.
+        """
+        self.pool.stop()
+        end(self.worker)
+        pool = WorkerPool(self.reactor, "echo", size=1)
+        pool.start()
+        result = pool.submit(b"request")
+        for _attempt in range(3):
+            end(self.reactor.workers[-1], "SIGABRT")
+            self.reactor.advance(1.0)
+        self.failureResultOf(result, RuntimeError)
+        self.assertEqual(len(self.reactor.workers), 2 + 3)
+        pool.stop()
+        end(self.reactor.workers[-1])
+
+    def test_turns(self) -> None:
+        """
+        Requests of different owners are served in turn: one that arrives
+        behind another owner's backlog waits for one of them, not all.
+        """
+        order: list[bytes] = []
+        for frame in [b"a1", b"a2", b"a3", b"a4", b"b1"]:
+            self.pool.submit(frame, frame[:1]).addCallback(
+                lambda outcome: order.append(outcome[0])
+            )
+        for _ in range(5):
+            sent = self.worker.transport.sent
+            self.worker.transport.sent = b""
+            reply(self.worker, b"\x00" + sent[-2:])
+        self.assertEqual(order, [b"a1", b"a2", b"b1", b"a3", b"a4"])
+
+    def test_cancelQueued(self) -> None:
+        """
+        A cancelled request that waits is never sent to a worker.
+        """
+        first = self.pool.submit(b"first")
+        second = self.pool.submit(b"second")
+        second.cancel()
+        self.failureResultOf(second, defer.CancelledError)
+        reply(self.worker, b"\x00done")
+        self.successResultOf(first)
+        self.assertNotIn(b"second", self.worker.transport.sent)
