@@ -57,6 +57,7 @@ class _Job:
 
     def _cancel(self, deferred: Any) -> None:
         self.cancelled = True
+        self.frame = b""
 
 
 class _Worker(ProcessProtocol):
@@ -199,11 +200,17 @@ class WorkerPool:
 
     def start(self) -> None:
         """
-        Start the workers.
+        Start the workers, once the reactor runs: under twistd, after it
+        dropped its privileges (C{--uid}), since listeners start before.
         """
         if self.running:
             return
         self.running = True
+        self.reactor.callWhenRunning(self._startWorkers)
+
+    def _startWorkers(self) -> None:
+        if not self.running:
+            return
         live = [worker for worker in self._workers if not worker.ending]
         for _ in range(self.size - len(live)):
             self._spawn()
@@ -245,13 +252,23 @@ class WorkerPool:
         self._workers.append(worker)
         self.stats["spawned"] += 1
         executable = sys.executable
-        self.reactor.spawnProcess(
-            worker,
-            executable,
-            [executable, "-m", "netd.services.objects.worker", self._config],
-            env=self._environ,
-            childFDs={0: "w", 1: "r", 2: "r", _REQUESTS_FD: "w", _REPLIES_FD: "r"},
-        )
+        try:
+            self.reactor.spawnProcess(
+                worker,
+                executable,
+                [executable, "-m", "netd.services.objects.worker", self._config],
+                env=self._environ,
+                childFDs={0: "w", 1: "r", 2: "r", _REQUESTS_FD: "w", _REPLIES_FD: "r"},
+            )
+        except Exception as error:
+            self._workers.remove(worker)
+            self._failedStarts += 1
+            self._event(
+                "objects: cannot start a worker ({executable}): {error}",
+                executable=executable,
+                error=error,
+            )
+            self._replace()
 
     # Requests
 

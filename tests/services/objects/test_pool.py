@@ -382,6 +382,7 @@ class AttackTests(IsolationMixin, TestCase):
         then the workers end.
         """
         self.serve(f"{HERE}:suicide", timeout=30.0)
+        yield self.pool.submit(pickle.dumps("warm up"))
         reply = self.pool.submit(pickle.dumps(list(range(100_000))))
         reply.addCallback(lambda outcome: pickle.loads(outcome[0]))
         stopped = self.pool.stop()
@@ -686,6 +687,9 @@ class FakeProcessReactor(Clock):
         super().__init__()
         self.workers: list[Any] = []
 
+    def callWhenRunning(self, f: Any) -> None:
+        f()
+
     def spawnProcess(self, proto: Any, executable: str, args: Any, **kw: Any) -> None:
         proto.makeConnection(FakeProcess(1000 + len(self.workers)))
         self.workers.append(proto)
@@ -778,6 +782,29 @@ class SupervisionTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.workers), 2 + 3)
         pool.stop()
         end(self.reactor.workers[-1])
+
+    def test_cannotSpawn(self) -> None:
+        """
+        When workers cannot even be spawned (the interpreter cannot be
+        executed), netd retries a second apart and queued requests get a
+        C{RuntimeError} after three tries.
+        """
+        self.pool.stop()
+        end(self.worker)
+
+        def refuse(*args: Any, **kw: Any) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        self.reactor.spawnProcess = refuse  # type: ignore[method-assign]
+        pool = WorkerPool(self.reactor, "echo", size=1)
+        pool.start()
+        result = pool.submit(b"request")
+        self.assertNoResult(result)
+        self.reactor.advance(1.0)
+        self.reactor.advance(1.0)
+        self.failureResultOf(result, RuntimeError)
+        pool.stop()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_turns(self) -> None:
         """
