@@ -107,6 +107,7 @@ bench/connload: bench/connload.c
 ## every load, one markdown table (~8 min; ARGS=... e.g. --netd 'w2=--workers 2')
 bench: $(VENV)/.installed bench-deps bench/echoload
 	$(BIN)/python bench/suite.py $(ARGS)
+	$(BIN)/python bench/isolation.py
 
 ## bench-quick: the same, shorter runs (~3 min)
 bench-quick: $(VENV)/.installed bench-deps bench/echoload

@@ -207,7 +207,25 @@ class NetdService(MultiService):
                 self._hurryOnSignal(timer)
         # Last, so that a signal sent on seeing it finds the stop under way.
         self.notifier.stopping()
-        return DeferredList([listening, stopped]).addCallback(lambda _: None)
+        # Then what services run beside their connections (objects' worker
+        # processes) ends too, once listeners and connections are gone.
+        return (
+            DeferredList([listening, stopped])
+            .addCallback(lambda _: self._servicesStopped(factories))
+            .addCallback(lambda _: None)
+        )
+
+    def _servicesStopped(self, factories: list[Any]) -> Deferred[Any]:
+        """
+        Fire once every service factory with a C{whenStopped()} (such as
+        objects', whose worker pool ends after its last request) has stopped.
+        """
+        waiting = []
+        for factory in factories:
+            whenStopped = getattr(factory.wrappedFactory, "whenStopped", None)
+            if whenStopped is not None:
+                waiting.append(whenStopped())
+        return DeferredList(waiting)
 
     def _hurryOnSignal(self, timer: Any) -> None:
         """

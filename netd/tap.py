@@ -27,6 +27,7 @@ from netd.budgets import (
     raiseDescriptorLimit,
     withBacklog,
 )
+from netd.buffers import DAEMON, DEFAULT_MAX_BUFFERED, returnFreedBuffers
 from netd.config import configStrings, configValue, loadConfig
 from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
@@ -74,7 +75,9 @@ _POLICY_DEFAULTS = {
     "max-per-source": None,
     "idle-timeout": 300.0,
 }
-_GLOBAL_KEYS = frozenset({"services", "grace", "metrics", "workers", *POLICY_KEYS})
+_GLOBAL_KEYS = frozenset(
+    {"services", "grace", "metrics", "workers", "max-buffered", *POLICY_KEYS}
+)
 
 
 class Options(usage.Options):
@@ -151,7 +154,15 @@ class Options(usage.Options):
             None,
             "Worker processes serving the same listeners under one supervising "
             "parent [default: 1: no parent, one process].",
-            int,
+            namedCoerce("workers", int),
+        ],
+        [
+            "max-buffered",
+            None,
+            None,
+            "Bytes of client data all services together may hold in memory "
+            f"(large requests, unread replies) [default: {DEFAULT_MAX_BUFFERED}].",
+            namedCoerce("max-buffered", int),
         ],
     ]
 
@@ -260,6 +271,17 @@ class Options(usage.Options):
                 f"worker would count alone (--workers {self['workers']}, "
                 f"--metrics {self['metrics']!r})"
             )
+        if self["max-buffered"] is None:
+            self["max-buffered"] = configValue(
+                "max-buffered",
+                fileConfig.get("max-buffered", DEFAULT_MAX_BUFFERED),
+                int,
+            )
+        if self["max-buffered"] < 1024 * 1024:
+            raise usage.UsageError(
+                f"--max-buffered must be at least 1 MiB, not {self['max-buffered']!r}"
+            )
+
         chosen = chooseServices(self["services"], fileConfig, self.available)
         self["services"] = chosen
         self["serviceOptions"] = {}
@@ -399,6 +421,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+        returnFreedBuffers()
         if not getattr(sys.excepthook, "reportsStartupErrors", False):
             sys.excepthook = _reportStartupErrors(sys.excepthook)
 
@@ -411,7 +434,11 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     metrics = PrometheusMetrics(reactor) if config["metrics"] else NO_METRICS
     netd = NetdService(
         reactor,
-        {"grace": config["grace"], "metrics": config["metrics"]},
+        {
+            "grace": config["grace"],
+            "metrics": config["metrics"],
+            "max-buffered": config["max-buffered"],
+        },
         reread=config.reread if worker is None else worker.reread(config.reread),
         notifier=notifier,
         handleSignals=handleSignals,
@@ -421,6 +448,8 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
         worker.start(config)
     budget = _descriptorBudget(config, raiseLimit=handleSignals)
     backlog = listenBacklog()
+    DAEMON.limit = config["max-buffered"]
+    netd.liveSettings["max-buffered"] = DAEMON.setLimit
     for service in config["services"]:
         options = config["serviceOptions"][service.name]
         serviceMetrics = metrics.service(service.name)

@@ -2,7 +2,8 @@
 """
 The objects service's plugin: C{--objects}, C{--objects-authkey-file},
 C{--objects-handler}, C{--objects-allow}, C{--objects-max-bytes},
-C{--objects-max-pending}, C{--objects-threads},
+C{--objects-max-pending}, C{--objects-max-reply-bytes}, C{--objects-workers},
+C{--objects-timeout}, C{--objects-worker-memory},
 C{--objects-handshake-timeout} and
 C{--objects-dangerously-allow-unauthenticated}.
 
@@ -113,13 +114,35 @@ class ObjectsService(ServicePlugin):
         ["handler", None, "echo", "echo, add, or MODULE:CALLABLE."],
         ["max-bytes", None, 8 * 1024 * 1024, "Largest request frame in bytes.", int],
         ["max-pending", None, 16, "Requests in progress per connection.", int],
-        ["threads", None, 0, "Run requests in a pool of this many threads.", int],
         [
             "handshake-timeout",
             None,
             10.0,
             "Seconds a client has to finish the authkey handshake, 0 for no limit.",
             float,
+        ],
+        [
+            "max-reply-bytes",
+            None,
+            16 * 1024 * 1024,
+            "Largest reply in bytes (a larger one becomes a ValueError).",
+            int,
+        ],
+        [
+            "workers",
+            None,
+            2,
+            "Worker processes that handle requests (0: in netd's own thread, "
+            "unbounded).",
+            int,
+        ],
+        ["timeout", None, 5.0, "Seconds one request may take in a worker.", float],
+        [
+            "worker-memory",
+            None,
+            512 * 1024 * 1024,
+            "Bytes of address space per worker process (RLIMIT_AS).",
+            int,
         ],
     ]
     optFlags = [
@@ -135,7 +158,13 @@ class ObjectsService(ServicePlugin):
     ]
 
     def validate(self, options: Mapping[str, Any]) -> None:
-        for name, least in (("max-bytes", 1), ("max-pending", 1), ("threads", 0)):
+        for name, least in (
+            ("max-bytes", 1),
+            ("max-pending", 1),
+            ("max-reply-bytes", 1024),
+            ("workers", 0),
+            ("worker-memory", 64 * 1024 * 1024),
+        ):
             if options[name] < least:
                 raise UsageError(
                     f"--objects-{name} must be at least {least}, not {options[name]!r}"
@@ -144,6 +173,11 @@ class ObjectsService(ServicePlugin):
             raise UsageError(
                 "--objects-handshake-timeout must not be negative, "
                 f"not {options['handshake-timeout']!r}"
+            )
+        if not 0 < options["timeout"] < float("inf"):
+            raise UsageError(
+                f"--objects-timeout must be a positive number of seconds, "
+                f"not {options['timeout']!r}"
             )
         handler = options["handler"]
         if handler not in ("echo", "add"):
@@ -200,10 +234,20 @@ class ObjectsService(ServicePlugin):
             raise StartupError(
                 f"objects: handler {options['handler']!r} is not callable"
             )
-        threadPool = None
-        if options["threads"]:
-            reactor.suggestThreadPoolSize(options["threads"])
-            threadPool = reactor.getThreadPool()
+        pool = None
+        if options["workers"]:
+            from netd.services.objects.pool import WorkerPool
+
+            pool = WorkerPool(
+                reactor,
+                options["handler"],
+                options["allow"],
+                size=options["workers"],
+                timeout=options["timeout"],
+                memory=options["worker-memory"],
+                maxBytes=options["max-bytes"],
+                maxReplyBytes=options["max-reply-bytes"],
+            )
         factory = ObjectsFactory(
             reactor,
             handler=handler,
@@ -211,10 +255,13 @@ class ObjectsService(ServicePlugin):
             allowed=allowed,
             maxBytes=options["max-bytes"],
             maxPending=options["max-pending"],
-            threadPool=threadPool,
+            pool=pool,
+            maxReplyBytes=options["max-reply-bytes"],
             metrics=metrics.objects(),
         )
         factory.handshakeTimeout = options["handshake-timeout"]
+        if pool is not None:
+            pool.restarted = factory.metrics.workerRestarted
         return factory
 
 

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.services.objects.test_objects -*-
 """
-Reply pickles: a reply in a protocol the requester can read.
+Replies a requester can read: which exceptions and names a reply may carry
+(L{netd.services.objects.processing.encodeReply} pickles it).
 
 A request pickled in protocol 2 or lower may come from Python 2 (whose
 C{multiprocessing.connection} pickles in protocol 2): its reply is pickled
@@ -11,10 +12,6 @@ reads such a pickle as well, mapping the names back.
 """
 
 from __future__ import annotations
-
-import pickle
-from collections.abc import Callable
-from typing import Any
 
 from netd.services.objects.unpickling import builtinException
 
@@ -73,30 +70,3 @@ def replyException(error: BaseException, protocol: int) -> Exception:
         if kind.__name__ in PYTHON2_EXCEPTIONS:
             return kind(str(nearest))  # type: ignore[no-any-return]
     return Exception(str(nearest))
-
-
-def encodeReply(
-    result: Any, protocol: int, unpicklable: Callable[[], None] | None = None
-) -> bytes:
-    """
-    Pickle a reply in C{protocol}. An exception (the handler's, or one
-    raised while pickling the result) becomes L{replyException}'s.
-
-    @param result: the handler's value, or the exception to report.
-    @param protocol: the request's protocol (see
-        L{netd.services.objects.unpickling.requestProtocol}).
-    @param unpicklable: called when a value (not an exception) cannot be
-        pickled and an error is sent instead.
-    @return: the reply pickle.
-    """
-    fixImports = protocol <= PYTHON2_PROTOCOL
-    if isinstance(result, BaseException):
-        result = replyException(result, protocol)
-    try:
-        return pickle.dumps(result, protocol, fix_imports=fixImports)
-    except Exception as error:
-        if unpicklable is not None and not isinstance(result, BaseException):
-            unpicklable()
-        return pickle.dumps(
-            replyException(error, protocol), protocol, fix_imports=fixImports
-        )

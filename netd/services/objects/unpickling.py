@@ -587,8 +587,9 @@ def builtinException(error: BaseException) -> Exception:
     The nearest builtin exception to C{error}, with its message, so that
     any client can unpickle it: C{ZeroDivisionError} stays itself, a
     subclass of C{ValueError} from some library becomes a C{ValueError}.
+    The message is cut to L{MAX_ERROR_MESSAGE} characters.
     """
-    message = str(error)
+    message = boundedMessage(str(error))
     for kind in type(error).__mro__:
         if (
             kind.__module__ == "builtins"
@@ -600,6 +601,20 @@ def builtinException(error: BaseException) -> Exception:
             except TypeError:
                 continue
     return RuntimeError(message)
+
+
+MAX_ERROR_MESSAGE = 1024
+"""Characters of an error reply's message: the rest is cut (a bad 4 MiB
+C{FLOAT} line would otherwise come back quoted in a 36 MiB reply)."""
+
+
+def boundedMessage(message: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    """
+    C{message}, cut to C{limit} characters, saying how long it was.
+    """
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message)} characters in all)"
 
 
 def resolveName(spec: str) -> Any:

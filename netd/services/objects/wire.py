@@ -130,6 +130,8 @@ class FrameReceiver(Protocol):
         self._holding = False
         self._closing = False
         self._delivering = False
+        self._admitted = False
+        self._skipping = 0
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -145,6 +147,12 @@ class FrameReceiver(Protocol):
         offset = 0
         try:
             while not self._holding and not self._closing:
+                if self._skipping:
+                    skipped = min(self._skipping, len(buffer) - offset)
+                    offset += skipped
+                    self._skipping -= skipped
+                    if self._skipping:
+                        break
                 available = len(buffer) - offset
                 if available < 4:
                     break
@@ -164,10 +172,17 @@ class FrameReceiver(Protocol):
                         f"{self.maxFrameLength}"
                     )
                     return
+                if not self._admitted:
+                    if not self.admitFrame(length):
+                        offset += header
+                        self._skipping = length
+                        continue
+                    self._admitted = True
                 if available < header + length:
                     break
                 frame = bytes(buffer[offset + header : offset + header + length])
                 offset += header + length
+                self._admitted = False
                 self.frameReceived(frame)
         finally:
             del buffer[:offset]
@@ -193,6 +208,15 @@ class FrameReceiver(Protocol):
         One whole frame arrived.
         """
         raise NotImplementedError
+
+    def admitFrame(self, length: int) -> bool:
+        """
+        A frame of C{length} bytes (within L{maxFrameLength}) begins: whether
+        to buffer it. When not, its bytes are skipped as they arrive, and
+        the next frame read after them. Called once per frame, before any of
+        its body is buffered; admits every frame here.
+        """
+        return True
 
     def badFrame(self, reason: str) -> None:
         """

@@ -23,6 +23,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
 from netd.services.objects.client import connectObjects
+from netd.services.objects.pool import WorkerPool
 from netd.services.objects.server import ObjectsFactory, addHandler, echoHandler
 from netd.services.objects.unpickling import requestProtocol
 from netd.services.objects.wire import CHALLENGE
@@ -65,7 +66,7 @@ def deferredSum(request: Any) -> defer.Deferred[Any]:
 
 def slowSquare(request: int) -> int:
     """
-    A CPU-bound handler, for the thread pool.
+    A CPU-bound handler, for worker processes.
     """
     total = 0
     for _ in range(request):
@@ -251,18 +252,21 @@ class StdlibClientTests(StdlibClientMixin, TestCase):
         self.assertEqual(output[1:], ["in order", "closed"])
 
     @defer.inlineCallbacks
-    def test_deferredAndThreadedHandlers(self) -> defer.Generator:
+    def test_deferredAndPooledHandlers(self) -> defer.Generator:
         """
-        A handler returning a Deferred, and one run in the reactor's thread
-        pool, both answer.
+        A handler returning a Deferred (run in netd's thread), and one run
+        in worker processes, both answer.
         """
         port = self.listen(ObjectsFactory(_reactor, deferredSum))
         output = yield self.stdlibClient("3.11", port, ["obj ([1], [2])"])
         self.assertEqual(output, ["[1, 2]"])
-        pool = _reactor.getThreadPool()
-        port = self.listen(ObjectsFactory(_reactor, slowSquare, threadPool=pool))
+        name = "tests.services.objects.test_integration_objects:slowSquare"
+        pool = WorkerPool(_reactor, name, size=1)
+        self.addCleanup(pool.stop)
+        port = self.listen(ObjectsFactory(_reactor, slowSquare, pool=pool))
         output = yield self.stdlibClient("3.11", port, ["obj 300", "pipe 3"])
         self.assertEqual(output, ["90000", "[0, 1, 4]"])
+        self.assertEqual(pool.stats["requests"], 4)
 
 
 class Python2ClientTests(StdlibClientMixin, TestCase):

@@ -29,7 +29,8 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from netd.services.objects.client import ObjectsClientProtocol
-from netd.services.objects.replies import encodeReply, replyException
+from netd.services.objects.processing import encodeReply
+from netd.services.objects.replies import replyException
 from netd.services.objects.server import ObjectsFactory, addHandler
 from netd.services.objects.unpickling import (
     MAX_ALLOCATIONS,

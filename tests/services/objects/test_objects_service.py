@@ -57,7 +57,8 @@ class ObjectsOptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         """
         By default objects listens on 127.0.0.1:50016 with the echo handler,
-        an 8 MiB frame limit and no extra allowed names.
+        an 8 MiB frame limit, no extra allowed names, and two workers
+        giving each request 5 seconds and 512 MiB.
         """
         options = self.parse()
         self.assertEqual(
@@ -65,8 +66,16 @@ class ObjectsOptionsTests(SynchronousTestCase):
         )
         mine = options["serviceOptions"]["objects"]
         self.assertEqual(
-            (mine["handler"], mine["max-bytes"], mine["allow"], mine["threads"]),
-            ("echo", 8 * 1024 * 1024, [], 0),
+            (
+                mine["handler"],
+                mine["max-bytes"],
+                mine["allow"],
+                mine["workers"],
+                mine["timeout"],
+                mine["worker-memory"],
+                mine["max-reply-bytes"],
+            ),
+            ("echo", 8 * 1024 * 1024, [], 2, 5.0, 512 * 1024 * 1024, 16 * 1024 * 1024),
         )
 
     def test_allowRepeatable(self) -> None:
@@ -102,7 +111,11 @@ class ObjectsOptionsTests(SynchronousTestCase):
         for arguments, quoted in [
             (["--objects-max-bytes=0"], "0"),
             (["--objects-max-pending=0"], "0"),
-            (["--objects-threads=-1"], "-1"),
+            (["--objects-workers=-1"], "-1"),
+            (["--objects-timeout=0"], "0"),
+            (["--objects-timeout=inf"], "inf"),
+            (["--objects-worker-memory=1000"], "1000"),
+            (["--objects-max-reply-bytes=10"], "10"),
             (["--objects-handler=nocolon"], "'nocolon'"),
             (["--objects-allow=nocolon"], "'nocolon'"),
         ]:
