@@ -17,7 +17,6 @@ from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromSt
 from twisted.python import usage
 
 from netd.config import configFlag, configStrings, configValue, loadConfig
-from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
@@ -435,7 +434,6 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
             policy=Policy(config["policies"][service.name]),
         )
         netd.served[service.name] = running
-        policed = None
         for description in running.endpoints:
             if isDatagramEndpoint(description):
                 protocol = service.makeDatagramProtocol(options, reactor)
@@ -448,17 +446,17 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
                 )
             else:
                 if running.factory is None:
-                    running.factory = ConnectionLoggingFactory(
-                        service.name, service.makeFactory(options, reactor), reactor
-                    )
-                    policed = PolicyFactory(
-                        service.name, running.factory, running.policy, reactor
+                    running.factory = PolicyFactory(
+                        service.name,
+                        service.makeFactory(options, reactor),
+                        running.policy,
+                        reactor,
                     )
                 listener = StreamListener(
                     service.name,
                     description,
                     _streamEndpoint(service.name, description, reactor),
-                    policed,
+                    running.factory,
                 )
             listener.setServiceParent(netd)
     return netd
