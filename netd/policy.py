@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
@@ -237,6 +239,7 @@ class Policy:
 
     def __init__(self, settings: PolicySettings | None = None) -> None:
         self.settings = settings if settings is not None else PolicySettings()
+        self._watchers: list[Callable[[PolicySettings], None]] = []
 
     def update(self, settings: PolicySettings) -> None:
         """
@@ -245,6 +248,14 @@ class Policy:
         timeout it started with.
         """
         self.settings = settings
+        for watcher in self._watchers:
+            watcher(settings)
+
+    def watch(self, watcher: Callable[[PolicySettings], None]) -> None:
+        """
+        Call C{watcher} with the new settings on every L{update}.
+        """
+        self._watchers.append(watcher)
 
 
 class PolicyFactory(ConnectionLoggingFactory):
@@ -278,6 +289,10 @@ class PolicedDatagramProtocol(DatagramProtocol):
     datagrams; per-source reply rates are the service's own
     (L{netd.datagram.PerSourceRateLimiter}).
 
+    While the policy has no ranges, a UDP port of the reactor's own hands
+    datagrams straight to the service's protocol: this layer steps aside
+    (and back in when a reload adds ranges), so that it costs nothing.
+
     @ivar dropped: how many datagrams were refused.
     """
 
@@ -302,6 +317,16 @@ class PolicedDatagramProtocol(DatagramProtocol):
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
         self.wrapped.makeConnection(transport)
+        if type(transport) is udp.Port:
+            self.policy.watch(self._route)
+            self._route(self.policy.settings)
+
+    def _route(self, settings: PolicySettings) -> None:
+        """
+        Have the port deliver datagrams to this layer only while there are
+        ranges to check.
+        """
+        self.transport.protocol = self if settings.rules is not None else self.wrapped
 
     def doStart(self) -> None:
         self.wrapped.doStart()

@@ -600,3 +600,46 @@ class MappedLoopbackTests(TestCase):
             self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
         policy.update(settings(deny=["::ffff:10.0.0.0/104"]))
         self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
+
+
+class DatagramBypassTests(TestCase):
+    """
+    Without ranges, a real UDP port hands datagrams straight to the
+    service; ranges added by a reload bring the policy back in.
+    """
+
+    @defer.inlineCallbacks
+    def test_reloadRoutes(self) -> defer.Generator:
+        """
+        The port's protocol is the service's while the policy has no
+        ranges, the policy's while it has; a denied sender gets nothing.
+        """
+        from netd.datagram import PerSourceRateLimiter
+        from netd.echo import EchoDatagramProtocol, EchoReplies
+
+        echo = EchoDatagramProtocol(
+            EchoReplies(_reactor), PerSourceRateLimiter(_reactor, rate=100)
+        )
+        policy = Policy()
+        policed = PolicedDatagramProtocol("echo", echo, policy, _reactor)
+        port = _reactor.listenUDP(0, policed, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIs(port.protocol, echo)
+
+        client = Remember()
+        clientPort = _reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        server = ("127.0.0.1", port.getHost().port)
+
+        policy.update(settings(deny=["127.0.0.0/8"]))
+        self.assertIs(port.protocol, policed)
+        clientPort.write(b"denied", server)
+        while not policed.dropped:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        policy.update(settings())
+        self.assertIs(port.protocol, echo)
+        clientPort.write(b"hi", server)
+        while not client.received:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual([data for data, _ in client.received], [b"Echo=>hi"])
+        self.assertEqual(policed.dropped, 1)
