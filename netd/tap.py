@@ -407,11 +407,16 @@ def makeService(config: Options, reactor: Any = None) -> NetdService:
     @param config: parsed L{Options}.
     @param reactor: the reactor to listen with; the global one by default,
         and then start-up errors are reported to the operator as one line,
-        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}.
+        C{SIGHUP} reloads and readiness goes to C{$NOTIFY_SOCKET}; when no
+        reactor is installed yet (no C{twistd -r NAME}), netd's own
+        (L{netd.reactor.NetdReactor}) is installed first.
     @raise StartupError: when an endpoint cannot be built.
     """
     handleSignals = reactor is None
     if reactor is None:
+        from netd.reactor import installDefault
+
+        installDefault()  # unless twistd -r chose another
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
