@@ -10,7 +10,11 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.testing import StringTransport
@@ -30,7 +34,7 @@ from netd.policy import (
     clientAddress,
     parseNetwork,
 )
-from tests.common import exchange, refusedExchange
+from tests.common import CollectUntilClosed, exchange, refusedExchange
 
 
 def settings(**values: Any) -> PolicySettings:
@@ -643,3 +647,41 @@ class DatagramBypassTests(TestCase):
             yield task.deferLater(_reactor, 0.001, lambda: None)
         self.assertEqual([data for data, _ in client.received], [b"Echo=>hi"])
         self.assertEqual(policed.dropped, 1)
+
+
+class PerSourceLoopbackTests(TestCase):
+    """
+    C{maxPerSource} over real sockets, with clients from several loopback
+    addresses (all of 127.0.0.0/8 is local).
+    """
+
+    @defer.inlineCallbacks
+    def test_perSource(self) -> defer.Generator:
+        """
+        A source at its limit is refused while other sources are served;
+        once its connection closes, it is served again and nothing is left
+        counted.
+        """
+        policy = Policy(settings(maxPerSource=1))
+        factory = PolicyFactory("echo", EchoFactory(_reactor), policy, _reactor)
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def endpoint(source: str) -> TCP4ClientEndpoint:
+            return TCP4ClientEndpoint(
+                _reactor, "127.0.0.1", port.getHost().port, bindAddress=(source, 0)
+            )
+
+        holder = CollectUntilClosed(halfClose=False)
+        yield connectProtocol(endpoint("127.0.0.2"), holder)
+        while factory.perSource.get("127.0.0.2") != 1:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual((yield refusedExchange(endpoint("127.0.0.2"), b"hi")), b"")
+        for source in ("127.0.0.3", "127.0.0.4"):
+            self.assertEqual((yield exchange(endpoint(source), b"hi")), b"Echo=>hi")
+        holder.transport.loseConnection()
+        yield holder.closed
+        while factory.active:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual(factory.perSource, {})
+        self.assertEqual((yield exchange(endpoint("127.0.0.2"), b"hi")), b"Echo=>hi")
