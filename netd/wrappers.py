@@ -21,8 +21,9 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
 
 
 def writeEagerly(transport: Any, socket: Any, data: bytes) -> bytes:
@@ -68,6 +69,24 @@ def writeThrough(transport: Any, socket: Any, data: bytes) -> None:
     transport.write(data)
 
 
+_halfCloseables: dict[type, type] = {}
+
+
+def _halfCloseable(kind: type) -> type:
+    """
+    The subclass of a wrapper class that declares L{IHalfCloseableProtocol}
+    (made once per class).
+    """
+    try:
+        return _halfCloseables[kind]
+    except KeyError:
+        subclass = implementer(IHalfCloseableProtocol)(
+            type(kind.__name__, (kind,), {"__module__": kind.__module__})
+        )
+        _halfCloseables[kind] = subclass
+        return subclass
+
+
 @implementer(IHandshakeListener)
 class PassThroughWrapper(ProtocolWrapper):
     """
@@ -84,11 +103,19 @@ class PassThroughWrapper(ProtocolWrapper):
     _socket: Any = None
 
     def makeConnection(self, transport: Any) -> None:
+        # Not ProtocolWrapper's, nor alsoProvides: declaring interfaces on
+        # an instance costs more than the rest of a connection. A wrapper
+        # of a protocol that accepts half-closes becomes an instance of a
+        # subclass that declares it instead.
         if type(transport) is tcp.Server:
             self._socket = transport.socket
-        super().makeConnection(transport)
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
+        if IHalfCloseableProtocol.providedBy(
+            self.wrappedProtocol
+        ) and not IHalfCloseableProtocol.providedBy(self):
+            self.__class__ = _halfCloseable(type(self))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
 
     def write(self, data: bytes) -> None:
         writeThrough(self.transport, self._socket, data)

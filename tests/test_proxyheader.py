@@ -12,11 +12,14 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvidedBy
 
 from netd.policy import Policy, PolicyFactory, PolicySettings, parseNetwork
-from netd.proxyheader import ProxyHeaderFactory
+from netd.proxyheader import ProxiedConnection, ProxyHeaderFactory
 from tests.test_policy import RecorderFactory
 
 V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 7\r\n"
@@ -69,6 +72,30 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertEqual(
             built.transport.getPeer(), IPv4Address("TCP", "192.0.2.7", 40000)
         )
+
+    def test_halfCloseDeclaredOnClass(self) -> None:
+        """
+        Once the header arrived, the wrapper accepts half-closes if the
+        service does, by its class: no interface is declared on the
+        instance; a service that does not accept them is not offered them.
+        """
+        self.protocol.dataReceived(V1)
+        self.assertIsInstance(self.protocol, ProxiedConnection)
+        self.assertTrue(IHalfCloseableProtocol.providedBy(self.protocol))
+        self.assertEqual(list(directlyProvidedBy(self.protocol)), [])
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.service.built[0].events, ["made", "half-closed"])
+
+        plain = ProxyHeaderFactory(
+            PolicyFactory(
+                "plain", Factory.forProtocol(Protocol), self.policy, self.clock
+            ),
+            self.clock,
+        ).buildProtocol(self.transport.getPeer())
+        plain.makeConnection(StringTransport())
+        plain.dataReceived(V1)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain))
+        self.assertEqual(list(directlyProvidedBy(plain)), [])
 
     def test_v1Fragmented(self) -> None:
         """
