@@ -49,8 +49,11 @@ run: $(VENV)/.installed
 ## test: lint, then the whole trial suite
 test: $(VENV)/.installed $(VENV)/.examples sysdeps python2 lint trial
 
+# Twice: the tests on Twisted's epoll reactor with netd (as a subprocess)
+# on its own, then the other way round (see netd/reactor.py).
 trial: $(VENV)/.installed $(VENV)/.examples
 	$(BIN)/python -m twisted.trial $(TRIAL_ARGS) tests
+	NETD_TEST_TWISTD_REACTOR=epoll $(BIN)/python -m twisted.trial --reactor=netd $(TRIAL_ARGS) tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check netd tests bench twisted examples

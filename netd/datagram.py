@@ -10,8 +10,10 @@ that answers without limit amplifies floods towards the forged victim).
 from __future__ import annotations
 
 import errno
+from errno import ECONNREFUSED
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -48,7 +50,9 @@ class PerSourceRateLimiter:
         self.rate = rate
         self.burst = burst
         self.maxSources = maxSources
-        self._buckets: dict[str, tuple[float, float]] = {}
+        # Each source's [tokens, time of last reply], least recently heard
+        # from first; lists, so that a known source costs no new bucket.
+        self._buckets: dict[str, list[float]] = {}
 
     def setRate(self, rate: float) -> None:
         """
@@ -65,15 +69,24 @@ class PerSourceRateLimiter:
         @return: whether C{source} may have a reply now.
         """
         now = self.clock.seconds()
-        tokens, last = self._buckets.pop(source, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        if len(self._buckets) >= self.maxSources:
-            del self._buckets[next(iter(self._buckets))]
-        self._buckets[source] = (tokens, now)
-        return allowed
+        buckets = self._buckets
+        bucket = buckets.pop(source, None)
+        if bucket is None:
+            if len(buckets) >= self.maxSources:
+                del buckets[next(iter(buckets))]
+            tokens = float(self.burst)
+            bucket = [tokens, now]
+        else:
+            tokens = bucket[0] + (now - bucket[1]) * self.rate
+            if tokens > self.burst:
+                tokens = float(self.burst)
+            bucket[1] = now
+        buckets[source] = bucket
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
 
 
 class GuardedDatagramProtocol(DatagramProtocol):
@@ -91,6 +104,7 @@ class GuardedDatagramProtocol(DatagramProtocol):
     noisy = False
     reflectionPorts: frozenset[int] = REFLECTION_PORTS
     metrics: DatagramListenerMetrics = NO_DATAGRAM_METRICS
+    _sendto: Any = None
 
     def __init__(self, serviceName: str, limiter: PerSourceRateLimiter) -> None:
         """
@@ -131,7 +145,18 @@ class GuardedDatagramProtocol(DatagramProtocol):
         """
         return None
 
+    def makeConnection(self, transport: Any) -> None:
+        """
+        Listen on C{transport}; on a UDP port of the reactor's own, send
+        replies straight to its socket.
+        """
+        self._sendto = None
+        if type(transport) is udp.Port and not transport._connectedAddr:
+            self._sendto = transport.socket.sendto
+        super().makeConnection(transport)
+
     def datagramReceived(self, data: bytes, address: Any) -> None:
+        self.metrics.received()
         host, port = address[:2]
         if port in self.reflectionPorts:
             self._drop(host, port, "loop-guard")
@@ -144,18 +169,25 @@ class GuardedDatagramProtocol(DatagramProtocol):
         if answer is None:
             return
         try:
-            self.transport.write(answer, address)
+            if self._sendto is not None:
+                # The address came from recvfrom on this very socket: none of
+                # the checks of the port's write() can fail.
+                self._sendto(answer, address)
+            else:
+                self.transport.write(answer, address)
         except (OSError, MessageLengthError) as error:
+            if isinstance(error, OSError) and error.errno == ECONNREFUSED:
+                return  # an earlier reply's ICMP error; as the port's write()
             # Too big for one datagram (a prefix on a datagram of the
-            # largest size), or the route went away: the reply is dropped
-            # whole, never cut short.
+            # largest size), the send buffer is full, or the route went
+            # away: the reply is dropped whole, never cut short.
             self.dropped += 1
             self.metrics.dropped(_dropReason(error))
             self._replyLog.emit(
                 self.log.info,
                 "{service} could not answer {host}:{port}: {error}",
                 service=self.serviceName,
-                host=host,
+                host=address[0],
                 port=port,
                 error=error,
             )

@@ -30,10 +30,10 @@ from twisted.protocols.policies import TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from netd.connlog import sourceOf
 from netd.listeners import describeAddress
 from netd.policy import (
     DEFAULT_TRUSTED_PROXIES,
-    Address,
     Network,
     RefusedConnection,
     clientAddress,
@@ -78,7 +78,7 @@ class ProxiedConnection(PassThroughWrapper, TimeoutMixin):
     wrappedProtocol: Any = None
     #: The proxy's address, for the policy's count of connections from it
     #: while the header is awaited.
-    source: Address | None = None
+    source: str | None = None
     _counted = False
 
     def __init__(self, factory: ProxyHeaderFactory) -> None:
@@ -224,7 +224,7 @@ class ProxyHeaderFactory(WrappingFactory):
         if not isTrustedProxy(addr, self.trustedProxies()):
             reason = "not a trusted proxy (--trusted-proxy), its PROXY header ignored"
         elif self.policed is not None:
-            reason = self.policed.refusal(addr)
+            reason = self.policed.refusal(sourceOf(addr))
         if reason is not None:
             metrics = getattr(self.wrappedFactory, "metrics", None)
             if metrics is not None:
@@ -238,7 +238,7 @@ class ProxyHeaderFactory(WrappingFactory):
             )
             return RefusedConnection()
         connection = self.protocol(self)
-        connection.source = clientAddress(getattr(addr, "host", ""))
+        connection.source = sourceOf(addr)
         return connection
 
     def holdPending(self, connection: ProxiedConnection) -> bool:

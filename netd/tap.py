@@ -29,7 +29,6 @@ from netd.budgets import (
 )
 from netd.buffers import DAEMON, DEFAULT_MAX_BUFFERED, returnFreedBuffers
 from netd.config import configStrings, configValue, loadConfig
-from netd.connlog import ConnectionLoggingFactory
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
@@ -413,11 +412,16 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     @param reactor: the reactor to listen with; the global one by default,
         and then start-up errors are reported to the operator as one line,
         C{SIGHUP} reloads, readiness goes to C{$NOTIFY_SOCKET}, and
-        C{--workers} runs workers (with another reactor, one process).
+        C{--workers} runs workers (with another reactor, one process); when
+        no reactor is installed yet (no C{twistd -r NAME}), netd's own
+        (L{netd.reactor.NetdReactor}) is installed first.
     @raise StartupError: when an endpoint cannot be built.
     """
     handleSignals = reactor is None
     if reactor is None:
+        from netd.reactor import installDefault
+
+        installDefault()  # unless twistd -r chose another
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
@@ -460,7 +464,6 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
             policy=Policy(config["policies"][service.name]),
         )
         netd.served[service.name] = running
-        policed = None
         for description in running.endpoints:
             if isDatagramEndpoint(description):
                 datagramMetrics = serviceMetrics.datagramListener(description)
@@ -476,13 +479,11 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
                 )(service.name, description, reactor, protocol)
             else:
                 if running.factory is None:
-                    running.factory = ConnectionLoggingFactory(
+                    running.factory = policed = PolicyFactory(
                         service.name,
                         _make(service.makeFactory, options, reactor, serviceMetrics),
+                        running.policy,
                         reactor,
-                    )
-                    policed = PolicyFactory(
-                        service.name, running.factory, running.policy, reactor
                     )
                     policed.budget = budget
                 listener = StreamListener(

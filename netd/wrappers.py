@@ -2,9 +2,10 @@
 """
 A protocol wrapper that hides nothing from the protocol it wraps.
 
-netd stacks several wrappers between an endpoint and a service's protocol
-(the access policy, the connection log, the TLS client's handshake wait);
-each must be invisible to the service.
+netd puts wrappers between an endpoint and a service's protocol (the
+connection log with the access policy, L{netd.connlog}; the PROXY header
+reader; the TLS client's handshake wait); each must be invisible to the
+service.
 
 The wrapper that sits right on a plain TCP transport also writes eagerly:
 with nothing queued, a reply goes to the socket at once, as asyncio's
@@ -20,8 +21,70 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
-from zope.interface import alsoProvides, implementer
+from zope.interface import implementer
+
+
+def writeEagerly(transport: Any, socket: Any, data: bytes) -> bytes:
+    """
+    Send what the kernel takes now of a write to a plain TCP transport
+    (a L{tcp.Server}, whose C{socket} is given), if nothing is queued
+    before it.
+
+    Not while a pull producer (L{IPullProducer}, such as Twisted's
+    C{FileSender}) is registered: the transport asks it for more only when
+    its own buffer drains, and a chunk sent past that buffer would leave it
+    waiting for ever.
+
+    @return: what is left for the transport to queue.
+    """
+    if (
+        (transport.producer is not None and not transport.streamingProducer)
+        or transport._tempDataBuffer
+        or len(transport.dataBuffer) > transport.offset
+        or transport.disconnecting
+        or not transport.connected
+    ):
+        return data
+    try:
+        sent = socket.send(data)
+    except OSError:
+        # EAGAIN, or an error the transport will find and report itself.
+        return data
+    return data[sent:]
+
+
+def writeThrough(transport: Any, socket: Any, data: bytes) -> None:
+    """
+    Write to a transport: eagerly (L{writeEagerly}) when its socket is
+    given, the rest (or all) through the transport.
+
+    @param socket: the socket of a plain TCP transport, or L{None}.
+    """
+    if socket is not None:
+        data = writeEagerly(transport, socket, data)
+        if not data:
+            return
+    transport.write(data)
+
+
+_halfCloseables: dict[type, type] = {}
+
+
+def _halfCloseable(kind: type) -> type:
+    """
+    The subclass of a wrapper class that declares L{IHalfCloseableProtocol}
+    (made once per class).
+    """
+    try:
+        return _halfCloseables[kind]
+    except KeyError:
+        subclass = implementer(IHalfCloseableProtocol)(
+            type(kind.__name__, (kind,), {"__module__": kind.__module__})
+        )
+        _halfCloseables[kind] = subclass
+        return subclass
 
 
 @implementer(IHandshakeListener)
@@ -40,48 +103,25 @@ class PassThroughWrapper(ProtocolWrapper):
     _socket: Any = None
 
     def makeConnection(self, transport: Any) -> None:
+        # Not ProtocolWrapper's, nor alsoProvides: declaring interfaces on
+        # an instance costs more than the rest of a connection. A wrapper
+        # of a protocol that accepts half-closes becomes an instance of a
+        # subclass that declares it instead.
         if type(transport) is tcp.Server:
             self._socket = transport.socket
-        super().makeConnection(transport)
-        if IHalfCloseableProtocol.providedBy(self.wrappedProtocol):
-            alsoProvides(self, IHalfCloseableProtocol)
+        if IHalfCloseableProtocol.providedBy(
+            self.wrappedProtocol
+        ) and not IHalfCloseableProtocol.providedBy(self):
+            self.__class__ = _halfCloseable(type(self))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
 
     def write(self, data: bytes) -> None:
-        if self._socket is not None:
-            data = self._writeEagerly(data)
-            if not data:
-                return
-        self.transport.write(data)
+        writeThrough(self.transport, self._socket, data)
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
-
-    def _writeEagerly(self, data: bytes) -> bytes:
-        """
-        Send what the kernel takes now, if nothing is queued before it.
-
-        Not while a pull producer (L{IPullProducer}, such as Twisted's
-        C{FileSender}) is registered: the transport asks it for more only
-        when its own buffer drains, and a chunk sent past that buffer would
-        leave it waiting for ever.
-
-        @return: what is left for the transport to queue.
-        """
-        transport = self.transport
-        if (
-            (transport.producer is not None and not transport.streamingProducer)
-            or transport._tempDataBuffer
-            or len(transport.dataBuffer) > transport.offset
-            or transport.disconnecting
-            or not transport.connected
-        ):
-            return data
-        try:
-            sent = self._socket.send(data)
-        except OSError:
-            # EAGAIN, or an error the transport will find and report itself.
-            return data
-        return data[sent:]
 
     def readConnectionLost(self) -> None:
         self.wrappedProtocol.readConnectionLost()

@@ -29,6 +29,16 @@ LISTENING = re.compile(
 )
 
 
+def twistdReactor() -> list[str]:
+    """
+    The C{twistd} option that chooses the reactor netd runs on in these
+    tests: C{-r NAME} from C{$NETD_TEST_TWISTD_REACTOR} (C{make trial}
+    runs the suite on each reactor), else none, for netd's default.
+    """
+    name = os.environ.get("NETD_TEST_TWISTD_REACTOR")
+    return ["-r", name] if name else []
+
+
 def projectEnvironment(**extra: str) -> dict[str, str]:
     """
     The environment for a subprocess that must import this checkout of netd.
@@ -155,7 +165,8 @@ def runNetd(
         path = testCase.mktemp()
         os.makedirs(path)
     netd = NetdProcess(listeners)
-    argv = [*launcher, TWISTD, "--nodaemon", "--pidfile=", "netd", *arguments]
+    argv = [*launcher, TWISTD, "--nodaemon", "--pidfile=", *twistdReactor()]
+    argv += ["netd", *arguments]
     _reactor.spawnProcess(
         netd,
         argv[0],

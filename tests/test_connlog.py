@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from netd.connlog import ConnectionLoggingFactory
+from netd.connlog import CONNECTION_FORMAT, ConnectionLoggingFactory
 from netd.services.echo.server import EchoFactory
 from tests.common import CollectUntilClosed
 
@@ -55,6 +55,26 @@ class ConnectionLogTests(SynchronousTestCase):
             ["echo TCP 192.0.2.7:40001 closed: 5 bytes in, 17 bytes out, 1.500s"],
         )
         self.assertEqual(events[0]["bytesOut"], len(self.transport.value()))
+
+    def test_fieldsAndTextAgree(self) -> None:
+        """
+        The event's text, built once, is what its named fields give in the
+        documented format, with and without a certificate subject.
+        """
+        for subject in (None, "CN=client"):
+            protocol = self.factory.buildProtocol(self.transport.getPeer())
+            protocol.makeConnection(StringTransport())
+            protocol.subject = subject
+            protocol.dataReceived(b"abc")
+            with capturedLogs() as events:
+                protocol.connectionLost(Failure(ConnectionLost("reset")))
+            (event,) = events
+            self.assertEqual(event["subject"], subject)
+            self.assertEqual(event["log_namespace"], "netd.connlog.LoggedConnection")
+            self.assertEqual(
+                formatEvent(event),
+                formatEvent(dict(event, log_format=CONNECTION_FORMAT)),
+            )
 
     def test_lostConnection(self) -> None:
         """
@@ -120,7 +140,9 @@ class EagerWriteTests(TestCase):
         if policed:
             from netd.policy import Policy, PolicyFactory
 
-            factory = PolicyFactory("plain", factory, Policy(), _reactor)
+            factory = PolicyFactory(
+                "plain", Factory.forProtocol(Protocol), Policy(), _reactor
+            )
         port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         client = CollectUntilClosed(halfClose=False)
@@ -135,14 +157,13 @@ class EagerWriteTests(TestCase):
     @defer.inlineCallbacks
     def test_policedStack(self) -> Any:
         """
-        In netd's own stack (policy outside, log inside), the wrapper on the
-        transport writes eagerly, and the log still counts the bytes.
+        In netd's own stack (policy and log in one wrapper), the wrapper on
+        the transport writes eagerly, and counts the bytes.
         """
         client, policed = yield self.connected(policed=True)
-        logged = policed.wrappedProtocol
-        logged.write(b"through both")
+        policed.wrappedProtocol.transport.write(b"through both")
         self.assertNotIn(policed.transport, _reactor.getWriters())
-        self.assertEqual(logged.bytesOut, 12)
+        self.assertEqual(policed.bytesOut, 12)
         policed.loseConnection()
         self.assertEqual((yield client.closed), b"through both")
 

@@ -35,7 +35,6 @@ from netd.policy import (
     Policy,
     PolicyFactory,
     PolicySettings,
-    clientAddress,
     parseNetwork,
 )
 from netd.services.echo.plugin import echo
@@ -238,8 +237,8 @@ class RefusalReasonTests(SynchronousTestCase):
             )
             for _index in range(open):
                 factory.protocols[Protocol()] = 1
-            factory.perSource = {clientAddress(client.host): open}
-            found = factory.refusal(client)
+            factory.perSource = {client.host: open}
+            found = factory.refusal(client.host)
             return None if found is None else refusalReason(found)
 
         self.assertEqual(

@@ -10,17 +10,21 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
+from zope.interface import directlyProvidedBy, implementer
 
-from netd.connlog import ConnectionLoggingFactory
 from netd.policy import (
+    AddressRules,
     PolicedDatagramProtocol,
     Policy,
     PolicyFactory,
@@ -30,7 +34,7 @@ from netd.policy import (
     parseNetwork,
 )
 from netd.services.echo.server import EchoFactory
-from tests.common import exchange, refusedExchange
+from tests.common import CollectUntilClosed, exchange, refusedExchange
 
 
 def settings(**values: Any) -> PolicySettings:
@@ -207,7 +211,7 @@ class PolicyFactoryTests(SynchronousTestCase):
         self.assertIsInstance(again, RefusedConnection)
         self.assertNotIsInstance(other, RefusedConnection)
         first.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(self.factory.perSource, {clientAddress("192.0.2.2"): 1})
+        self.assertEqual(self.factory.perSource, {"192.0.2.2": 1})
         back, _ = self.connect("192.0.2.1")
         self.assertNotIsInstance(back, RefusedConnection)
 
@@ -262,12 +266,7 @@ class PolicyFactoryTests(SynchronousTestCase):
         Half-closes reach a service protocol that accepts them, through
         both the policy and the connection log.
         """
-        factory = PolicyFactory(
-            "test",
-            ConnectionLoggingFactory("test", self.service, self.clock),
-            self.policy,
-            self.clock,
-        )
+        factory = PolicyFactory("test", self.service, self.policy, self.clock)
         protocol = factory.buildProtocol(peer("192.0.2.1"))
         protocol.makeConnection(StringTransport())
         self.assertTrue(IHalfCloseableProtocol.providedBy(protocol))
@@ -338,12 +337,7 @@ class LoopbackTests(TestCase):
     """
 
     def listen(self, policy: Policy, interface: str) -> int:
-        factory = PolicyFactory(
-            "echo",
-            ConnectionLoggingFactory("echo", EchoFactory(_reactor), _reactor),
-            policy,
-            _reactor,
-        )
+        factory = PolicyFactory("echo", EchoFactory(_reactor), policy, _reactor)
         port = _reactor.listenTCP(0, factory, interface=interface)
         self.addCleanup(port.stopListening)
         return port.getHost().port
@@ -412,3 +406,282 @@ class ServicePoliciesTests(SynchronousTestCase):
             },
             {id(policies["echo"])},
         )
+
+
+class MappedRangeTests(SynchronousTestCase):
+    """
+    IPv4-mapped IPv6 ranges and peers match both ways.
+    """
+
+    def test_mappedRangeIsIPv4(self) -> None:
+        """
+        A range written in IPv4-mapped form is parsed as the IPv4 range it
+        maps, once.
+        """
+        self.assertEqual(str(parseNetwork("::ffff:127.0.0.0/104")), "127.0.0.0/8")
+        self.assertEqual(str(parseNetwork("::ffff:192.0.2.7")), "192.0.2.7/32")
+        self.assertEqual(str(parseNetwork("::ffff:0:0/96")), "0.0.0.0/0")
+        self.assertEqual(str(parseNetwork("2001:db8::/32")), "2001:db8::/32")
+
+    def test_mappedRangeMatchesBoth(self) -> None:
+        """
+        A mapped deny range refuses the IPv4 client and the same client
+        seen through a dual-stack socket.
+        """
+        rules = settings(deny=["::ffff:127.0.0.0/104"]).rules
+        assert rules is not None
+        self.assertEqual(rules.refusal("127.0.0.1"), "denied by 127.0.0.0/8")
+        self.assertEqual(rules.refusal("::ffff:127.0.0.1"), "denied by 127.0.0.0/8")
+        self.assertIsNone(rules.refusal("192.0.2.1"))
+        self.assertIsNone(rules.refusal("::1"))
+
+    def test_ipv4RangeMatchesMappedPeer(self) -> None:
+        """
+        An IPv4 range matches a v4-mapped peer, in any spelling.
+        """
+        rules = settings(allow=["192.0.2.0/24"]).rules
+        assert rules is not None
+        self.assertIsNone(rules.refusal("::ffff:192.0.2.9"))
+        self.assertIsNone(rules.refusal("0:0:0:0:0:ffff:c000:209"))
+        self.assertEqual(rules.refusal("2001:db8::1"), "not in any allowed range")
+
+    def test_wideIPv6RangeHoldsIPv4(self) -> None:
+        """
+        An IPv6 range that holds every IPv4-mapped address holds every IPv4
+        client too.
+        """
+        rules = settings(allow=["::/0"]).rules
+        assert rules is not None
+        self.assertIsNone(rules.refusal("192.0.2.1"))
+        self.assertIsNone(rules.refusal("2001:db8::1"))
+
+    def test_scopedPeer(self) -> None:
+        """
+        A link-local peer with a zone (C{fe80::1%eth0}) is judged by its
+        address.
+        """
+        rules = settings(deny=["fe80::/10"]).rules
+        assert rules is not None
+        self.assertEqual(rules.refusal("fe80::1%eth0"), "denied by fe80::/10")
+
+    def test_notIPHost(self) -> None:
+        """
+        A host string that is not an IP address is not judged by ranges.
+        """
+        rules = settings(allow=["10.0.0.0/8"]).rules
+        assert rules is not None
+        self.assertIsNone(rules.refusal("/run/netd.sock"))
+        self.assertIsNone(rules.refusal("1.2.3"))
+
+
+class RuleCacheTests(SynchronousTestCase):
+    """
+    Compiled rules remember verdicts per host, within a bound.
+    """
+
+    def test_noRulesNoWork(self) -> None:
+        """
+        Without ranges there are no rules to consult at all.
+        """
+        self.assertIsNone(PolicySettings().rules)
+        self.assertIsNone(PolicySettings(maxPerSource=3).rules)
+
+    def test_bounded(self) -> None:
+        """
+        A flood of distinct sources keeps at most C{cacheSize} verdicts,
+        and every verdict stays right.
+        """
+        rules = AddressRules((parseNetwork("10.0.0.0/8"),), (), cacheSize=64)
+        for i in range(5000):
+            host = f"10.0.{i // 256}.{i % 256}" if i % 2 else f"192.0.{i // 256}.1"
+            expected = None if i % 2 else "not in any allowed range"
+            self.assertEqual(rules.refusal(host), expected)
+        self.assertLessEqual(len(rules._verdicts), 64)
+
+    def test_cachedVerdictPerSettings(self) -> None:
+        """
+        New settings judge with new rules: a cached verdict does not outlive
+        a reload.
+        """
+        policy = Policy(settings(deny=["192.0.2.1"]))
+        rules = policy.settings.rules
+        assert rules is not None
+        self.assertIsNotNone(rules.refusal("192.0.2.1"))
+        policy.update(settings(deny=["192.0.2.2"]))
+        rules = policy.settings.rules
+        assert rules is not None
+        self.assertIsNone(rules.refusal("192.0.2.1"))
+
+
+class OneWrapperTests(SynchronousTestCase):
+    """
+    One wrapper per connection, its interfaces declared on its class.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.policy = Policy()
+
+    def test_classDeclaresHalfClose(self) -> None:
+        """
+        The wrapper around a half-closeable protocol is of a class that
+        declares it; around any other protocol, of one that does not;
+        neither instance carries declarations of its own.
+        """
+        factory = PolicyFactory("test", RecorderFactory(), self.policy, self.clock)
+        halfCloseable = factory.buildProtocol(peer("192.0.2.1"))
+        halfCloseable.makeConnection(StringTransport())
+        plain = PolicyFactory(
+            "plain", Factory.forProtocol(Protocol), self.policy, self.clock
+        ).buildProtocol(peer("192.0.2.1"))
+        plain.makeConnection(StringTransport())
+        self.assertTrue(IHalfCloseableProtocol.implementedBy(type(halfCloseable)))
+        self.assertFalse(IHalfCloseableProtocol.implementedBy(type(plain)))
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain))
+        self.assertEqual(list(directlyProvidedBy(halfCloseable)), [])
+        self.assertEqual(list(directlyProvidedBy(plain)), [])
+
+    def test_serviceSeesTheWrapper(self) -> None:
+        """
+        The service's protocol has the one wrapper as its transport, and the
+        wrapper has the real transport.
+        """
+        factory = PolicyFactory("test", RecorderFactory(), self.policy, self.clock)
+        protocol = factory.buildProtocol(peer("192.0.2.1"))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertIs(protocol.wrappedProtocol.transport, protocol)
+        self.assertIs(protocol.transport, transport)
+
+    def test_manySourcesForgotten(self) -> None:
+        """
+        Thousands of sources that come and go leave no count behind.
+        """
+        self.policy.update(settings(maxPerSource=1, deny=["198.51.100.0/24"]))
+        factory = PolicyFactory("test", RecorderFactory(), self.policy, self.clock)
+        for i in range(3000):
+            protocol = factory.buildProtocol(peer(f"10.{i // 65536}.{i // 256}.{i}"))
+            protocol.makeConnection(StringTransport())
+            protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(factory.perSource, {})
+        self.assertEqual(factory.active, 0)
+
+    def test_idleTimerRescheduled(self) -> None:
+        """
+        Activity does not pile up timers: one delayed call per connection.
+        """
+        self.policy.update(settings(idleTimeout=10))
+        factory = PolicyFactory("test", RecorderFactory(), self.policy, self.clock)
+        protocol = factory.buildProtocol(peer("192.0.2.1"))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        for _ in range(30):
+            protocol.dataReceived(b"x")
+            self.clock.advance(3)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+
+class MappedLoopbackTests(TestCase):
+    """
+    A v4-mapped range, over real sockets.
+    """
+
+    @defer.inlineCallbacks
+    def test_mappedDeny(self) -> defer.Generator:
+        """
+        C{--deny ::ffff:127.0.0.0/104} refuses a client from 127.0.0.1, on
+        an IPv4 socket and on an IPv6 socket that sees it v4-mapped.
+        """
+        policy = Policy(settings(deny=["::ffff:127.0.0.0/104"]))
+        factory = PolicyFactory("echo", EchoFactory(_reactor), policy, _reactor)
+        for interface in ("127.0.0.1", "::ffff:127.0.0.1"):
+            port = _reactor.listenTCP(0, factory, interface=interface)
+            self.addCleanup(port.stopListening)
+            endpoint = TCP4ClientEndpoint(_reactor, "127.0.0.1", port.getHost().port)
+            self.assertEqual((yield refusedExchange(endpoint, b"hi")), b"")
+        policy.update(settings(deny=["::ffff:10.0.0.0/104"]))
+        self.assertEqual((yield exchange(endpoint, b"hi")), b"Echo=>hi")
+
+
+class DatagramBypassTests(TestCase):
+    """
+    Without ranges, a real UDP port hands datagrams straight to the
+    service; ranges added by a reload bring the policy back in.
+    """
+
+    @defer.inlineCallbacks
+    def test_reloadRoutes(self) -> defer.Generator:
+        """
+        The port's protocol is the service's while the policy has no
+        ranges, the policy's while it has; a denied sender gets nothing.
+        """
+        from netd.datagram import PerSourceRateLimiter
+        from netd.services.echo.server import EchoDatagramProtocol, EchoReplies
+
+        echo = EchoDatagramProtocol(
+            EchoReplies(_reactor), PerSourceRateLimiter(_reactor, rate=100)
+        )
+        policy = Policy()
+        policed = PolicedDatagramProtocol("echo", echo, policy, _reactor)
+        port = _reactor.listenUDP(0, policed, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertIs(port.protocol, echo)
+
+        client = Remember()
+        clientPort = _reactor.listenUDP(0, client, interface="127.0.0.1")
+        self.addCleanup(clientPort.stopListening)
+        server = ("127.0.0.1", port.getHost().port)
+
+        policy.update(settings(deny=["127.0.0.0/8"]))
+        self.assertIs(port.protocol, policed)
+        clientPort.write(b"denied", server)
+        while not policed.dropped:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        policy.update(settings())
+        self.assertIs(port.protocol, echo)
+        clientPort.write(b"hi", server)
+        while not client.received:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual([data for data, _ in client.received], [b"Echo=>hi"])
+        self.assertEqual(policed.dropped, 1)
+
+
+class PerSourceLoopbackTests(TestCase):
+    """
+    C{maxPerSource} over real sockets, with clients from several loopback
+    addresses (all of 127.0.0.0/8 is local).
+    """
+
+    @defer.inlineCallbacks
+    def test_perSource(self) -> defer.Generator:
+        """
+        A source at its limit is refused while other sources are served;
+        once its connection closes, it is served again and nothing is left
+        counted.
+        """
+        policy = Policy(settings(maxPerSource=1))
+        factory = PolicyFactory("echo", EchoFactory(_reactor), policy, _reactor)
+        port = _reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+
+        def endpoint(source: str) -> TCP4ClientEndpoint:
+            return TCP4ClientEndpoint(
+                _reactor, "127.0.0.1", port.getHost().port, bindAddress=(source, 0)
+            )
+
+        holder = CollectUntilClosed(halfClose=False)
+        yield connectProtocol(endpoint("127.0.0.2"), holder)
+        while factory.perSource.get("127.0.0.2") != 1:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual((yield refusedExchange(endpoint("127.0.0.2"), b"hi")), b"")
+        for source in ("127.0.0.3", "127.0.0.4"):
+            self.assertEqual((yield exchange(endpoint(source), b"hi")), b"Echo=>hi")
+        holder.transport.loseConnection()
+        yield holder.closed
+        while factory.active:
+            yield task.deferLater(_reactor, 0.001, lambda: None)
+        self.assertEqual(factory.perSource, {})
+        self.assertEqual((yield exchange(endpoint("127.0.0.2"), b"hi")), b"Echo=>hi")

@@ -12,20 +12,22 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import directlyProvidedBy
 
 from netd.metrics import ListenerFactory, StreamListenerMetrics, refusalReason
 from netd.policy import (
     Policy,
     PolicyFactory,
     PolicySettings,
-    clientAddress,
     parseNetwork,
 )
-from netd.proxyheader import ProxyHeaderFactory
+from netd.proxyheader import ProxiedConnection, ProxyHeaderFactory
 from tests.test_policy import RecorderFactory
 
 V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 7\r\n"
@@ -78,6 +80,30 @@ class ProxyHeaderTests(SynchronousTestCase):
         self.assertEqual(
             built.transport.getPeer(), IPv4Address("TCP", "192.0.2.7", 40000)
         )
+
+    def test_halfCloseDeclaredOnClass(self) -> None:
+        """
+        Once the header arrived, the wrapper accepts half-closes if the
+        service does, by its class: no interface is declared on the
+        instance; a service that does not accept them is not offered them.
+        """
+        self.protocol.dataReceived(V1)
+        self.assertIsInstance(self.protocol, ProxiedConnection)
+        self.assertTrue(IHalfCloseableProtocol.providedBy(self.protocol))
+        self.assertEqual(list(directlyProvidedBy(self.protocol)), [])
+        self.protocol.readConnectionLost()
+        self.assertEqual(self.service.built[0].events, ["made", "half-closed"])
+
+        plain = ProxyHeaderFactory(
+            PolicyFactory(
+                "plain", Factory.forProtocol(Protocol), self.policy, self.clock
+            ),
+            self.clock,
+        ).buildProtocol(self.transport.getPeer())
+        plain.makeConnection(StringTransport())
+        plain.dataReceived(V1)
+        self.assertFalse(IHalfCloseableProtocol.providedBy(plain))
+        self.assertEqual(list(directlyProvidedBy(plain)), [])
 
     def test_v1Fragmented(self) -> None:
         """
@@ -241,7 +267,7 @@ class TrustTests(SynchronousTestCase):
         first = self.connect("127.0.0.1")
         second = self.connect("127.0.0.1")
         self.assertEqual(self.policed.active, 2)
-        self.assertEqual(self.policed.perSource, {clientAddress("127.0.0.1"): 2})
+        self.assertEqual(self.policed.perSource, {"127.0.0.1": 2})
         third = self.connect("127.0.0.1")
         self.assertTrue(third.disconnected)
         fourth = self.connect("127.0.0.2")
@@ -252,11 +278,7 @@ class TrustTests(SynchronousTestCase):
         self.assertEqual(self.policed.active, 3)
         self.assertEqual(
             self.policed.perSource,
-            {
-                clientAddress("127.0.0.1"): 1,
-                clientAddress("127.0.0.2"): 1,
-                clientAddress("192.0.2.7"): 1,
-            },
+            {"127.0.0.1": 1, "127.0.0.2": 1, "192.0.2.7": 1},
         )
         second.protocol.connectionLost(Failure(ConnectionError("gone")))
         self.assertEqual(self.policed.active, 2)

@@ -18,7 +18,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from netd.connlog import ConnectionLoggingFactory
 from netd.policy import Policy, PolicyFactory
 from netd.services.echo.server import EchoFactory
 from netd.tls import (
@@ -199,12 +198,7 @@ class LoopbackTests(TestCase):
     def listen(self, description: str) -> tuple[int, TLSServerEndpoint]:
         endpoint = parseTLSEndpoint(_reactor, description)
         self.echo = NotifyingEchoFactory()
-        factory = PolicyFactory(
-            "echo",
-            ConnectionLoggingFactory("echo", self.echo, _reactor),
-            Policy(),
-            _reactor,
-        )
+        factory = PolicyFactory("echo", self.echo, Policy(), _reactor)
         listening = endpoint.listen(factory)
         port = self.successResultOf(listening)
         self.addCleanup(port.stopListening)

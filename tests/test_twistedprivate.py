@@ -81,6 +81,21 @@ class TransportQueueTests(TestCase):
             changed("tcp.Server", "no longer a FileDescriptor"),
         )
 
+    def test_udpConnectedAddress(self) -> None:
+        """
+        A UDP port has C{_connectedAddr}, L{None} until C{connect}: netd's
+        datagram services (L{netd.datagram}) send replies straight to the
+        socket of a port that is not connected.
+        """
+        from twisted.internet import udp
+        from twisted.internet.protocol import DatagramProtocol
+
+        port = udp.Port(0, DatagramProtocol(), reactor=MemoryReactor())
+        self.assertIsNone(
+            getattr(port, "_connectedAddr", "missing"),
+            changed("udp.Port._connectedAddr", "gone or not None before connect"),
+        )
+
     @defer.inlineCallbacks
     def test_queuedOnRealConnection(self) -> Any:
         """

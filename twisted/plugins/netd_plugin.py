@@ -5,6 +5,7 @@ Nothing heavy is imported here: C{ServiceMaker} imports C{netd.tap} only
 when netd runs, and each service imports its protocols only when built.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 from netd.services.chargen.plugin import chargen
@@ -22,8 +23,14 @@ netd = ServiceMaker(
     "netd",
 )
 
+#: C{twistd -r netd}, C{trial --reactor=netd}: see L{netd.reactor}.
+netdReactor = Reactor(
+    "netd", "netd.reactor", "epoll, with a shorter read dispatch (netd's default)"
+)
+
 __all__ = [
     "netd",
+    "netdReactor",
     "echo",
     "getfile",
     "daytime",

@@ -808,7 +808,7 @@ class PluginTests(SynchronousTestCase):
         }
         # The service's own factory and protocols, inside policy and log.
         daytimeFactory = built["daytime", StreamListener].factory.wrappedFactory
-        self.assertEqual(daytimeFactory.wrappedFactory.announcer.style, "iso")
+        self.assertEqual(daytimeFactory.announcer.style, "iso")
         datagrams = {
             name: listener.protocol.wrapped
             for (name, kind), listener in built.items()

@@ -218,7 +218,7 @@ class ObjectsWiringTests(SynchronousTestCase):
         [(port, factory, _backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (50016, "127.0.0.1"))
         # Inside the access policy and the connection log.
-        wrapped: ObjectsFactory = factory.wrappedFactory.wrappedFactory
+        wrapped: ObjectsFactory = factory.wrappedFactory
         return wrapped
 
     def test_authkeyFile(self) -> None:
