@@ -22,6 +22,11 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from netd.listeners import StartupError, isDatagramEndpoint
 
 #: Descriptors set aside for netd itself: standard streams, the log file,
 #: the reactor's own (epoll, waker pipe), the thread pool, a TLS
@@ -256,3 +261,48 @@ def descriptorBudget(
     up to C{extra} descriptors beyond their connections (getfile's files).
     """
     return DescriptorBudget(limit, RESERVE + listeners + extra, services)
+
+
+def planDescriptors(config: Any, raiseLimit: bool) -> DescriptorBudget:
+    """
+    Raise the descriptor limit (when C{raiseLimit}) and split it between
+    the stream services (L{netd.budgets.DescriptorBudget}); log the figures
+    in one line, a warning when the connection limits do not all fit.
+
+    @param config: the parsed L{netd.tap.Options}.
+    @raise StartupError: when the limit is too low for every service to be
+        guaranteed a few connections.
+    """
+    if raiseLimit:
+        before, limit, problem = raiseDescriptorLimit()
+    else:
+        limit = before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        problem = None
+    services = config["services"]
+    streams = {
+        service.name: config["policies"][service.name].maxConnections
+        for service in services
+        if not all(map(isDatagramEndpoint, config["endpoints"][service.name]))
+    }
+    extra = 0
+    for service in services:
+        extraDescriptors = getattr(service, "extraDescriptors", None)
+        if extraDescriptors is not None:
+            extra += extraDescriptors(config["serviceOptions"][service.name])
+    listeners = sum(len(config["endpoints"][service.name]) for service in services)
+    budget = descriptorBudget(limit, listeners, extra, streams)
+    error = budget.check()
+    if error is not None:
+        raise StartupError(error)
+    if problem is not None:
+        raised = f"soft limit {limit} (not raised: {problem})"
+    elif before != limit:
+        raised = f"soft limit raised from {before} to {limit}"
+    else:
+        raised = f"limit {limit}"
+    emit = _log.info if budget.fits() else _log.warn
+    emit("descriptors: {raised}; {budget}", raised=raised, budget=budget.describe())
+    return budget
+
+
+_log = Logger()

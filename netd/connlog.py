@@ -307,7 +307,7 @@ class ConnectionLoggingFactory(WrappingFactory):
         Accept or refuse a new client: the one place where a connection
         starts, or does not.
 
-        @param metrics: the listener's (L{netd.metrics.ListenerFactory}).
+        @param metrics: the listener's (L{netd.prometheus.ListenerFactory}).
         """
         source = sourceOf(addr)
         reason = self.refusal(source)

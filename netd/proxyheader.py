@@ -182,7 +182,7 @@ class ProxyHeaderFactory(WrappingFactory):
     When the wrapped factory is netd's access policy
     (L{netd.policy.PolicyFactory}: it has C{policy}, C{refusal},
     C{registerProtocol} and C{unregisterProtocol}), or a listener's view of
-    it (L{netd.metrics.ListenerFactory}, with the policy as its C{factory}),
+    it (L{netd.prometheus.ListenerFactory}, with the policy as its C{factory}),
     the policy's settings say which proxies are trusted, it judges the
     proxy's address first, and counts a connection waiting for its header as
     one from the proxy; a refusal is reported to the listener's metrics.

@@ -14,21 +14,17 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 
 from netd.budgets import (
     MIN_PER_SOURCE,
-    DescriptorBudget,
-    descriptorBudget,
     listenBacklog,
     perSourceShare,
-    raiseDescriptorLimit,
-    withBacklog,
+    planDescriptors,
 )
 from netd.buffers import DAEMON, DEFAULT_MAX_BUFFERED, returnFreedBuffers
 from netd.config import configStrings, configValue, loadConfig
+from netd.endpoints import streamEndpoint
 from netd.lifecycle import DEFAULT_GRACE, NetdService, RunningService
 from netd.listeners import (
     DatagramListener,
@@ -36,7 +32,7 @@ from netd.listeners import (
     StreamListener,
     isDatagramEndpoint,
 )
-from netd.metrics import NO_METRICS, ListenerFactory, PrometheusMetrics
+from netd.metrics import NO_METRICS
 from netd.plugin import INetdService, discoverServices
 from netd.policy import (
     DEFAULT_TRUSTED_PROXIES,
@@ -46,6 +42,7 @@ from netd.policy import (
     PolicySettings,
     parseNetwork,
 )
+from netd.prometheus import ListenerFactory, PrometheusMetrics
 from netd.serviceoptions import (
     chooseServices,
     declareServiceOptions,
@@ -54,7 +51,7 @@ from netd.serviceoptions import (
     resolveEndpoints,
     resolveServiceOptions,
 )
-from netd.systemd import Notifier, familyMismatch, inheritedNames
+from netd.systemd import Notifier
 from netd.worker import Worker
 from netd.workers import Supervisor, resolveWorkers
 
@@ -431,10 +428,10 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
 
     worker, notifier = None, None
     if handleSignals:
-        worker = Worker.fromEnvironment(reactor, _streamEndpoint)
+        worker = Worker.fromEnvironment(reactor, streamEndpoint)
         notifier = Notifier.fromEnvironment() if worker is None else worker.notifier
         if worker is None and config["workers"] > 1:
-            return Supervisor(config, reactor, _streamEndpoint, notifier)
+            return Supervisor(config, reactor, streamEndpoint, notifier)
     metrics = PrometheusMetrics(reactor) if config["metrics"] else NO_METRICS
     netd = NetdService(
         reactor,
@@ -450,7 +447,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
     )
     if worker is not None:
         worker.start(config)
-    budget = _descriptorBudget(config, raiseLimit=handleSignals)
+    budget = planDescriptors(config, raiseLimit=handleSignals)
     backlog = listenBacklog()
     DAEMON.limit = config["max-buffered"]
     netd.liveSettings["max-buffered"] = DAEMON.setLimit
@@ -489,7 +486,7 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
                 listener = StreamListener(
                     service.name,
                     description,
-                    _streamEndpoint(service.name, description, reactor, backlog)
+                    streamEndpoint(service.name, description, reactor, backlog)
                     if worker is None
                     else worker.streamEndpoint(service.name, description),
                     policed
@@ -506,56 +503,10 @@ def makeService(config: Options, reactor: Any = None) -> NetdService | Superviso
         StreamListener(
             "metrics",
             config["metrics"],
-            _streamEndpoint("metrics", config["metrics"], reactor),
+            streamEndpoint("metrics", config["metrics"], reactor),
             metrics.site(),
         ).setServiceParent(netd)
     return netd
-
-
-def _descriptorBudget(config: Options, raiseLimit: bool) -> DescriptorBudget:
-    """
-    Raise the descriptor limit (when C{raiseLimit}) and split it between
-    the stream services (L{netd.budgets.DescriptorBudget}); log the figures
-    in one line, a warning when the connection limits do not all fit.
-
-    @raise StartupError: when the limit is too low for every service to be
-        guaranteed a few connections.
-    """
-    import resource
-
-    if raiseLimit:
-        before, limit, problem = raiseDescriptorLimit()
-    else:
-        limit = before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        problem = None
-    services = config["services"]
-    streams = {
-        service.name: config["policies"][service.name].maxConnections
-        for service in services
-        if not all(map(isDatagramEndpoint, config["endpoints"][service.name]))
-    }
-    extra = 0
-    for service in services:
-        extraDescriptors = getattr(service, "extraDescriptors", None)
-        if extraDescriptors is not None:
-            extra += extraDescriptors(config["serviceOptions"][service.name])
-    listeners = sum(len(config["endpoints"][service.name]) for service in services)
-    budget = descriptorBudget(limit, listeners, extra, streams)
-    error = budget.check()
-    if error is not None:
-        raise StartupError(error)
-    if problem is not None:
-        raised = f"soft limit {limit} (not raised: {problem})"
-    elif before != limit:
-        raised = f"soft limit raised from {before} to {limit}"
-    else:
-        raised = f"limit {limit}"
-    emit = _log.info if budget.fits() else _log.warn
-    emit("descriptors: {raised}; {budget}", raised=raised, budget=budget.describe())
-    return budget
-
-
-_log = Logger()
 
 
 def _make(build: Any, options: Any, reactor: Any, metrics: Any) -> Any:
@@ -566,54 +517,3 @@ def _make(build: Any, options: Any, reactor: Any, metrics: Any) -> Any:
     if "metrics" in inspect.signature(build).parameters:
         return build(options, reactor, metrics=metrics)
     return build(options, reactor)
-
-
-def _streamEndpoint(
-    serviceName: str, description: str, reactor: Any, backlog: int = 0
-) -> Any:
-    """
-    Build a stream endpoint; C{haproxy:ENDPOINT} gets netd's PROXY header
-    reader (L{netd.proxyheader}), which hands the service the real client,
-    C{tls:} is always netd's (Twisted registers a C{tls:} of its own), and
-    C{ssl:} takes a client's C{close_notify} as a half-close
-    (L{netd.tlshalfclose}), as C{tls:} does.
-
-    @param backlog: the listen backlog for endpoints that do not set one
-        (L{netd.budgets.withBacklog}); 0 leaves them Twisted's.
-    """
-    kind, _, inner = description.partition(":")
-    kind = kind.lower()
-    listening = withBacklog(description, backlog) if backlog else description
-    try:
-        if kind == "haproxy":
-            from netd.proxyheader import ProxiedEndpoint
-
-            return ProxiedEndpoint(
-                _streamEndpoint(serviceName, inner, reactor, backlog), reactor
-            )
-        if kind == "tls":
-            from netd.tls import parseTLSEndpoint
-
-            return parseTLSEndpoint(reactor, listening)
-        if kind == "ssl":
-            from netd.tlshalfclose import HalfCloseableTLSReactor
-
-            endpoint = serverFromString(HalfCloseableTLSReactor(reactor), listening)
-        else:
-            endpoint = serverFromString(reactor, listening)
-    except StartupError:
-        raise
-    except Exception as error:
-        if kind == "systemd" and isinstance(error, KeyError | IndexError):
-            raise StartupError(
-                f"{serviceName}: no inherited socket for {description!r} "
-                f"(inherited: {inheritedNames()})"
-            ) from error
-        raise StartupError(
-            f"{serviceName}: bad endpoint {description!r}: {error}"
-        ) from error
-    if isinstance(endpoint, AdoptedStreamServerEndpoint):
-        problem = familyMismatch(endpoint.fileno, endpoint.addressFamily)
-        if problem is not None:
-            raise StartupError(f"{serviceName}: {description!r}: {problem}")
-    return endpoint

@@ -288,7 +288,7 @@ class Worker:
     ) -> None:
         """
         @param streamEndpoint: builds a stream endpoint from its description
-            (L{netd.tap._streamEndpoint}), here given a reactor that adopts.
+            (L{netd.endpoints.streamEndpoint}), here given a reactor that adopts.
         """
         self.reactor = reactor
         self.index = index

@@ -31,10 +31,10 @@ from netd.budgets import (
     raiseDescriptorLimit,
     withBacklog,
 )
+from netd.endpoints import streamEndpoint
 from netd.metrics import refusalReason
 from netd.policy import Policy, PolicyFactory, PolicySettings
 from netd.services.objects.client import connectObjects
-from netd.tap import _streamEndpoint
 from tests.common import (
     TWISTD,
     exchange,
@@ -153,11 +153,11 @@ class BacklogTests(SynchronousTestCase):
         The endpoint netd builds for C{tcp:} listens with that backlog; with
         C{haproxy:} too; one set in the description is kept.
         """
-        endpoint = _streamEndpoint("echo", "tcp:0:interface=127.0.0.1", _reactor, 999)
+        endpoint = streamEndpoint("echo", "tcp:0:interface=127.0.0.1", _reactor, 999)
         self.assertEqual(endpoint._backlog, 999)
-        proxied = _streamEndpoint("echo", "haproxy:tcp:0", _reactor, 999)
+        proxied = streamEndpoint("echo", "haproxy:tcp:0", _reactor, 999)
         self.assertEqual(proxied.wrappedEndpoint._backlog, 999)
-        endpoint = _streamEndpoint("echo", "tcp:0:backlog=7", _reactor, 999)
+        endpoint = streamEndpoint("echo", "tcp:0:backlog=7", _reactor, 999)
         self.assertEqual(endpoint._backlog, 7)
 
 
@@ -173,7 +173,7 @@ class BacklogListeningTests(TestCase):
         succeed (a full backlog fails them with C{EAGAIN}).
         """
         path = os.path.abspath(self.mktemp())
-        endpoint = _streamEndpoint("echo", f"unix:{path}", _reactor, backlog)
+        endpoint = streamEndpoint("echo", f"unix:{path}", _reactor, backlog)
         listening = endpoint.listen(Factory.forProtocol(Protocol))
         port = self.successResultOf(listening)
         self.addCleanup(port.stopListening)

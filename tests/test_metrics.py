@@ -24,19 +24,14 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from netd import __version__
-from netd.metrics import (
-    NO_METRICS,
-    DescriptorCollector,
-    ListenerFactory,
-    PrometheusMetrics,
-    refusalReason,
-)
+from netd.metrics import NO_METRICS, refusalReason
 from netd.policy import (
     Policy,
     PolicyFactory,
     PolicySettings,
     parseNetwork,
 )
+from netd.prometheus import DescriptorCollector, ListenerFactory, PrometheusMetrics
 from netd.services.echo.plugin import echo
 from netd.tap import Options, makeService
 from tests.common import (

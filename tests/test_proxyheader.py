@@ -20,13 +20,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import directlyProvidedBy
 
-from netd.metrics import ListenerFactory, StreamListenerMetrics, refusalReason
+from netd.metrics import StreamListenerMetrics, refusalReason
 from netd.policy import (
     Policy,
     PolicyFactory,
     PolicySettings,
     parseNetwork,
 )
+from netd.prometheus import ListenerFactory
 from netd.proxyheader import ProxiedConnection, ProxyHeaderFactory
 from tests.test_policy import RecorderFactory
 

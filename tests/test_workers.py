@@ -25,10 +25,11 @@ from twisted.logger import LogLevel, formatEvent
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from netd.endpoints import streamEndpoint
 from netd.listeners import StartupError
 from netd.policy import PolicySettings
 from netd.services.echo.plugin import echo
-from netd.tap import Options, _streamEndpoint
+from netd.tap import Options
 from netd.worker import HandedOver, Worker, WorkerLogObserver, perWorker, shareLimits
 from netd.workers import Supervisor, _WorkerProcess, logsToStdout
 from tests.common import (
@@ -145,7 +146,7 @@ class WorkerTests(SynchronousTestCase):
         Without C{$NETD_WORKER} a process is no worker; with it, the worker
         knows its number, the count and its sockets.
         """
-        self.assertIsNone(Worker.fromEnvironment(_reactor, _streamEndpoint, {}))
+        self.assertIsNone(Worker.fromEnvironment(_reactor, streamEndpoint, {}))
         handover = {
             "index": 2,
             "workers": 3,
@@ -154,7 +155,7 @@ class WorkerTests(SynchronousTestCase):
             ],
         }
         worker = Worker.fromEnvironment(
-            _reactor, _streamEndpoint, {"NETD_WORKER": json.dumps(handover)}
+            _reactor, streamEndpoint, {"NETD_WORKER": json.dumps(handover)}
         )
         assert worker is not None
         self.assertEqual((worker.index, worker.workers), (2, 3))
@@ -165,7 +166,7 @@ class WorkerTests(SynchronousTestCase):
         since netd started) stops the worker with a message saying so.
         """
         worker = Worker(
-            _reactor, 1, 2, [HandedOver("echo", "tcp:7", 4, 2)], _streamEndpoint
+            _reactor, 1, 2, [HandedOver("echo", "tcp:7", 4, 2)], streamEndpoint
         )
         error = self.assertRaises(StartupError, worker.streamEndpoint, "echo", "tcp:8")
         self.assertIn("restart netd", str(error))
@@ -186,7 +187,7 @@ class WorkerTests(SynchronousTestCase):
             1,
             2,
             [HandedOver("echo", description, listening.fileno(), socket.AF_INET)],
-            _streamEndpoint,
+            streamEndpoint,
         )
         endpoint = worker.streamEndpoint("echo", description)
         ports: list[Any] = []
@@ -209,7 +210,7 @@ class HoldingTests(TestCase):
         """
         options = Options(services=[echo])
         options.parseOptions(["--workers", "2", "--echo", "tcp:0:interface=127.0.0.1"])
-        supervisor = Supervisor(options, _reactor, _streamEndpoint, handleSignals=False)
+        supervisor = Supervisor(options, _reactor, streamEndpoint, handleSignals=False)
         supervisor.privilegedStartService()
         [listener] = list(supervisor)
         workersCopy = socket.socket(fileno=os.dup(listener.port.fileno()))
