@@ -63,9 +63,16 @@ def perWorker(total: float, workers: int) -> Any:
 def shareLimits(config: Any, workers: int) -> Any:
     """
     Give one worker of C{workers} its share of the daemon's limits, in
-    parsed options: each service's C{max-connections} and
-    C{max-per-source}, and its C{udp-rate} (replies a second to one
-    source, which any worker may receive datagrams from).
+    parsed options: each service's C{max-connections}, and its
+    C{udp-rate} (replies a second to one source, which any worker may
+    receive datagrams from).
+
+    C{max-per-source} is left whole in each worker: the kernel hands a
+    source's connections to whichever worker accepts first, so a share of
+    it would refuse an honest client whose connections happen to gather in
+    one worker (64 connections from one load tester, under a default of
+    100 split in two, did). A source may then hold up to N times it across
+    the workers, within the service's C{max-connections}.
 
     @return: C{config}, changed.
     """
@@ -73,7 +80,6 @@ def shareLimits(config: Any, workers: int) -> Any:
         config["policies"][name] = replace(
             settings,
             maxConnections=perWorker(settings.maxConnections, workers),
-            maxPerSource=perWorker(settings.maxPerSource, workers),
         )
     for options in config["serviceOptions"].values():
         if options.get("udp-rate"):

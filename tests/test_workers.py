@@ -118,8 +118,8 @@ class ShareTests(SynchronousTestCase):
 
     def test_shareLimits(self) -> None:
         """
-        C{max-connections}, C{max-per-source} and C{udp-rate} are divided;
-        the rest of the policy is left alone.
+        C{max-connections} and C{udp-rate} are divided; C{max-per-source}
+        and the rest of the policy are left alone.
         """
         options = Options(services=[echo])
         options.parseOptions(
@@ -130,7 +130,7 @@ class ShareTests(SynchronousTestCase):
         settings = options["policies"]["echo"]
         self.assertEqual(
             (settings.maxConnections, settings.maxPerSource, settings.idleTimeout),
-            (5, 2, 7.0),
+            (5, 4, 7.0),
         )
         self.assertEqual(options["serviceOptions"]["echo"]["udp-rate"], rate / 2)
         self.assertIsInstance(settings, PolicySettings)
