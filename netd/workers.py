@@ -30,8 +30,8 @@ The parent keeps one log, one pidfile and the service manager's view:
     - a worker whose parent is gone (its stdin pipe closes) stops.
 
 Limits that hold for the whole daemon are shared out: each worker gets
-C{--max-connections}, C{--max-per-source} and every service's C{udp-rate}
-divided by N, rounded up (L{netd.worker.shareLimits}).
+C{--max-connections} and every service's C{udp-rate} divided by N, rounded
+up; C{--max-per-source} is kept whole (L{netd.worker.shareLimits}).
 """
 
 from __future__ import annotations
@@ -47,9 +47,6 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
-from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
-from twisted.internet.protocol import Protocol as _Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.usage import UsageError
@@ -63,6 +60,14 @@ from netd.listeners import (
 )
 from netd.systemd import Notifier
 from netd.worker import FIRST_LISTENER_FD, STATUS_FD, WORKER_ENVIRONMENT
+from netd.workerprocess import (
+    HoldingDatagrams,
+    HoldingFactory,
+    WorkerProcess,
+    holdSocket,
+    logLevel,
+    logsToStdout,
+)
 
 #: Seconds a worker must have run for its end to count as a crash rather
 #: than a failure to start (which doubles the delay before the next try).
@@ -92,137 +97,6 @@ def resolveWorkers(value: int | None, fileConfig: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"--workers must be a whole number from 1 up, not {value!r}")
     return value
-
-
-def logsToStdout(twistdOptions: Mapping[str, Any] | None) -> bool:
-    """
-    Whether twistd, run with C{twistdOptions}, logs to its stdout.
-    """
-    if twistdOptions is None:
-        return False
-    if twistdOptions.get("logger") or twistdOptions.get("syslog"):
-        return False
-    logfile = twistdOptions.get("logfile")
-    return logfile == "-" or (bool(twistdOptions.get("nodaemon")) and not logfile)
-
-
-def _level(name: Any) -> LogLevel:
-    try:
-        return LogLevel.levelWithName(str(name))
-    except Exception:
-        return LogLevel.info
-
-
-class _WorkerProcess(ProcessProtocol):
-    """
-    The parent's end of one worker process: its log, its state, its end.
-    """
-
-    def __init__(self, supervisor: Supervisor, index: int) -> None:
-        self.supervisor = supervisor
-        self.index = index
-        self.system = f"worker {index}"
-        self.started = supervisor.reactor.seconds()
-        self.ready = False
-        self.reloading = False
-        self.status = ""
-        self.ended: Deferred[None] = Deferred()
-        self.pid: int | None = None
-        self._reaper: LoopingCall | None = None
-        self._buffers: dict[int, bytes] = {1: b"", 2: b"", STATUS_FD: b""}
-
-    def makeConnection(self, transport: Any) -> None:
-        self.pid = transport.pid
-        super().makeConnection(transport)
-
-    def signal(self, name: str) -> None:
-        if self.transport is not None and self.transport.pid is not None:
-            try:
-                self.transport.signalProcess(name)
-            except Exception:
-                pass
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        buffered = self._buffers.get(childFD, b"") + data
-        *complete, self._buffers[childFD] = buffered.split(b"\n")
-        for record in complete:
-            if record.strip():
-                self._received(childFD, record)
-
-    def _received(self, childFD: int, record: bytes) -> None:
-        if childFD == 1:
-            self.supervisor.relayEvent(self, record)
-        elif childFD == STATUS_FD:
-            try:
-                fields = json.loads(record)
-            except ValueError:
-                return
-            self.supervisor.workerSaid(self, fields)
-        else:
-            self.supervisor.relayLine(self, record)
-
-    def childConnectionLost(self, childFD: int) -> None:
-        """
-        The worker closed its status pipe: it is ending. Look for its end
-        until it is found, rather than trust the reactor to hear every
-        C{SIGCHLD} (asyncio's reactor on uvloop misses some).
-        """
-        if childFD == STATUS_FD and not self.ended.called:
-            from twisted.internet.process import reapAllProcesses
-
-            self._reaper = LoopingCall(reapAllProcesses)
-            self._reaper.clock = self.supervisor.reactor
-            self._reaper.start(0.1, now=False)
-
-    def processEnded(self, reason: Failure) -> None:
-        if self._reaper is not None and self._reaper.running:
-            self._reaper.stop()
-        for childFD, rest in self._buffers.items():
-            if rest.strip():
-                self._received(childFD, rest)
-        self._buffers.clear()
-        self.supervisor.workerEnded(self, reason)
-        self.ended.callback(None)
-
-
-class _Idle(_Protocol):
-    """
-    Never built: the parent does not accept on the sockets it holds.
-    """
-
-
-class _Holding(Factory):
-    """
-    The factory of a socket the parent holds for its workers.
-    """
-
-    noisy = False
-    protocol = _Idle
-
-    def __init__(self, serviceName: str) -> None:
-        self.serviceName = serviceName
-
-    def logPrefix(self) -> str:
-        return f"{self.serviceName} (for the workers)"
-
-
-class _HoldingDatagrams(DatagramProtocol):
-    """
-    The protocol of a UDP socket the parent holds for its workers.
-    """
-
-    noisy = False
-
-
-def _hold(port: Any) -> None:
-    """
-    Keep a listening socket for the workers: never accept on it, and when
-    closing it, only close it (as Twisted does for adopted sockets): a
-    C{shutdown()} would stop every worker's copy from accepting.
-    """
-    port.stopReading()
-    if hasattr(port, "_shouldShutdown"):
-        port._shouldShutdown = False
 
 
 class Supervisor(MultiService):
@@ -260,7 +134,7 @@ class Supervisor(MultiService):
         self.handleSignals = handleSignals
         self.command = command if command is not None else self._twistd(config)
         self.relayLogs = not logsToStdout(getattr(config, "parent", None))
-        self.workers: dict[int, _WorkerProcess | None] = dict.fromkeys(
+        self.workers: dict[int, WorkerProcess | None] = dict.fromkeys(
             range(1, self.count + 1)
         )
         self.status = "starting"
@@ -277,14 +151,14 @@ class Supervisor(MultiService):
             for description in config["endpoints"][service.name]:
                 if isDatagramEndpoint(description):
                     listener: Any = DatagramListener(
-                        service.name, description, reactor, _HoldingDatagrams()
+                        service.name, description, reactor, HoldingDatagrams()
                     )
                 else:
                     listener = StreamListener(
                         service.name,
                         description,
                         streamEndpoint(service.name, description, reactor, backlog),
-                        _Holding(service.name),
+                        HoldingFactory(service.name),
                     )
                 listener.setServiceParent(self)
 
@@ -319,7 +193,7 @@ class Supervisor(MultiService):
         """
         super().privilegedStartService()
         for listener in self:
-            listener.whenListening().addCallback(_hold)
+            listener.whenListening().addCallback(holdSocket)
 
     def startService(self) -> None:
         """
@@ -375,7 +249,7 @@ class Supervisor(MultiService):
                 "listeners": listeners,
             }
         )
-        worker = _WorkerProcess(self, index)
+        worker = WorkerProcess(self, index)
         self.workers[index] = worker
         self.reactor.spawnProcess(
             worker,
@@ -394,7 +268,7 @@ class Supervisor(MultiService):
 
     # What workers say
 
-    def relayEvent(self, worker: _WorkerProcess, record: bytes) -> None:
+    def relayEvent(self, worker: WorkerProcess, record: bytes) -> None:
         """
         Log an event a worker logged (see L{WorkerLogObserver}) as one of
         the parent's, tagged with the worker.
@@ -405,14 +279,14 @@ class Supervisor(MultiService):
         except (ValueError, KeyError, AttributeError, TypeError):
             self.relayLine(worker, record)
             return
-        event["log_level"] = _level(event.get("log_level"))
+        event["log_level"] = logLevel(event.get("log_level"))
         event["log_format"] = "{log_text}"
         event["log_text"] = text
         event["log_system"] = worker.system
         event["netd_worker"] = worker.index
         self.log.observer(event)
 
-    def relayLine(self, worker: _WorkerProcess, line: bytes) -> None:
+    def relayLine(self, worker: WorkerProcess, line: bytes) -> None:
         """
         Log a line a worker wrote to stderr (or that was not an event).
         """
@@ -424,7 +298,7 @@ class Supervisor(MultiService):
             netd_worker=worker.index,
         )
 
-    def workerSaid(self, worker: _WorkerProcess, fields: Mapping[str, str]) -> None:
+    def workerSaid(self, worker: WorkerProcess, fields: Mapping[str, str]) -> None:
         """
         A worker's readiness message (what it would tell systemd).
         """
@@ -467,7 +341,7 @@ class Supervisor(MultiService):
 
     _reloading = False
 
-    def workerEnded(self, worker: _WorkerProcess, reason: Failure) -> None:
+    def workerEnded(self, worker: WorkerProcess, reason: Failure) -> None:
         """
         A worker ended: expected while stopping, else restart it.
         """
@@ -576,7 +450,7 @@ class Supervisor(MultiService):
         self.notifier.stopping()
         return DeferredList([ended, listening]).addCallback(lambda _: None)
 
-    def _forwardAgain(self, running: list[_WorkerProcess]) -> None:
+    def _forwardAgain(self, running: list[WorkerProcess]) -> None:
         """
         A second C{SIGTERM} or C{SIGINT} while the workers finish is passed
         on: each ends its grace period at once.
@@ -593,7 +467,7 @@ class Supervisor(MultiService):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, handler)
 
-    def _kill(self, running: list[_WorkerProcess]) -> None:
+    def _kill(self, running: list[WorkerProcess]) -> None:
         for worker in running:
             if not worker.ended.called:
                 self.log.warn(

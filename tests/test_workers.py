@@ -31,7 +31,8 @@ from netd.policy import PolicySettings
 from netd.services.echo.plugin import echo
 from netd.tap import Options
 from netd.worker import HandedOver, Worker, WorkerLogObserver, perWorker, shareLimits
-from netd.workers import Supervisor, _WorkerProcess, logsToStdout
+from netd.workerprocess import WorkerProcess, logsToStdout
+from netd.workers import Supervisor
 from tests.common import (
     TWISTD,
     NetdProcess,
@@ -265,7 +266,7 @@ class RelayTests(SynchronousTestCase):
         supervisor = Supervisor.__new__(Supervisor)
         events: list[dict[str, Any]] = []
         supervisor.log = type(Supervisor.log)(observer=events.append)
-        worker = _WorkerProcess.__new__(_WorkerProcess)
+        worker = WorkerProcess.__new__(WorkerProcess)
         worker.index, worker.system = 2, "worker 2"
         for line in lines[:-1]:
             supervisor.relayEvent(worker, line)
@@ -317,7 +318,7 @@ class RelayTests(SynchronousTestCase):
         supervisor = Supervisor.__new__(Supervisor)
         events: list[dict[str, Any]] = []
         supervisor.log = type(Supervisor.log)(observer=events.append)
-        worker = _WorkerProcess.__new__(_WorkerProcess)
+        worker = WorkerProcess.__new__(WorkerProcess)
         worker.index, worker.system = 1, "worker 1"
         supervisor.relayEvent(worker, b"netd: something broke")
         self.assertEqual(formatEvent(events[0]), "netd: something broke")
