@@ -39,10 +39,10 @@ from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
+from netd.connlog import sourceOf
 from netd.listeners import describeAddress
 from netd.metrics import NO_GETFILE_METRICS, GetFileMetrics
 from netd.plugin import IGracefulProtocol
-from netd.policy import Address, clientAddress
 from netd.services.getfile.confinement import (
     MAX_LINE,
     ConfinedRoot,
@@ -394,7 +394,7 @@ class GetFileProtocol(Protocol):
         self.transfer: FileTransfer | None = None
         self._size = 0
         self._outcome = ""
-        self._source: Address | None = None
+        self._source: str | None = None
         self._stallCheck: Any = None
         self._lastSent = 0
 
@@ -492,9 +492,8 @@ class GetFileProtocol(Protocol):
             )
         transfer.start()
 
-    def _sourceAddress(self) -> Address | None:
-        peer = self.transport.getPeer()
-        return clientAddress(getattr(peer, "host", ""))
+    def _sourceAddress(self) -> str | None:
+        return sourceOf(self.transport.getPeer())
 
     def _checkProgress(self) -> None:
         """
@@ -629,9 +628,9 @@ class GetFileFactory(Factory):
         self.maxPerSource = maxPerSource
         self.stallTimeout = stallTimeout
         self.transfers: set[GetFileProtocol] = set()
-        self.perSource: dict[Address, int] = {}
+        self.perSource: dict[str, int] = {}
 
-    def sourceIsBusy(self, source: Address | None) -> bool:
+    def sourceIsBusy(self, source: str | None) -> bool:
         """
         Whether C{source} has as many transfers under way as it may.
         """
@@ -639,7 +638,7 @@ class GetFileFactory(Factory):
             source, 0
         )
 
-    def addTransfer(self, protocol: GetFileProtocol, source: Address | None) -> None:
+    def addTransfer(self, protocol: GetFileProtocol, source: str | None) -> None:
         """
         Count a transfer that starts.
         """
@@ -647,7 +646,7 @@ class GetFileFactory(Factory):
         if source is not None:
             self.perSource[source] = self.perSource.get(source, 0) + 1
 
-    def removeTransfer(self, protocol: GetFileProtocol, source: Address | None) -> None:
+    def removeTransfer(self, protocol: GetFileProtocol, source: str | None) -> None:
         """
         Stop counting a transfer (safe for one never counted).
         """

@@ -29,7 +29,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from netd.connlog import ConnectionLoggingFactory
 from netd.listeners import StartupError
-from netd.policy import clientAddress
 from netd.services.getfile.confinement import (
     MAX_LINE,
     ConfinedRoot,
@@ -833,7 +832,7 @@ class ProtocolTests(SynchronousTestCase):
         proto.dataReceived(b"GETFILE/1 0 one\n")
         self.assertEqual(self.drain(transport), b"OK 1\n\x00")
         proto.connectionLost(None)
-        self.assertEqual(self.factory.perSource, {clientAddress("192.0.2.1"): 2})
+        self.assertEqual(self.factory.perSource, {"192.0.2.1": 2})
         first.connectionLost(None)
         proto, transport = self.connectFrom("192.0.2.1")
         proto.dataReceived(b"GETFILE/1 0 one\n")
