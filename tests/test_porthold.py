@@ -78,16 +78,16 @@ class PortHolderTests(SynchronousTestCase):
         """
         self.proc.table(
             "tcp",
-            row("0100007F", 50007, "01", 1000, 11),
-            row("0100007F", 50008, "0A", 1000, 12),
-            row("0100007F", 50007, "06", 1000, 0),  # TIME_WAIT: no inode
+            row("0100007F", 41007, "01", 1000, 11),
+            row("0100007F", 41008, "0A", 1000, 12),
+            row("0100007F", 41007, "06", 1000, 0),  # TIME_WAIT: no inode
         )
         self.proc.table(
             "tcp6",
-            row("00000000000000000000000001000000", 50007, "0A", 0, 13),
+            row("00000000000000000000000001000000", 41007, "0A", 0, 13),
         )
         self.assertEqual(
-            boundSockets(50007, "tcp", self.proc.root),
+            boundSockets(41007, "tcp", self.proc.root),
             [
                 (ipaddress.IPv6Address("::1"), True, 0, 13),
                 (ipaddress.IPv4Address("127.0.0.1"), False, 1000, 11),
@@ -98,12 +98,12 @@ class PortHolderTests(SynchronousTestCase):
         """
         The process holding the socket is named by its id and command.
         """
-        self.proc.table("tcp", row("0100007F", 50007, "0A", 1000, 21))
+        self.proc.table("tcp", row("0100007F", 41007, "0A", 1000, 21))
         self.proc.process(40, "bash", 5)
         self.proc.process(1234, "nc", 21)
         self.assertEqual(
-            describePortHolder(50007, "tcp", "127.0.0.1", self.proc.root),
-            "port 50007 is in use by pid 1234 (nc)",
+            describePortHolder(41007, "tcp", "127.0.0.1", self.proc.root),
+            "port 41007 is in use by pid 1234 (nc)",
         )
         self.assertEqual(socketHolder({21}, self.proc.root), (1234, "nc", 21))
 
@@ -113,11 +113,11 @@ class PortHolderTests(SynchronousTestCase):
         most often one the kernel gave a port of its ephemeral range: the
         line says to reserve netd's ports.
         """
-        self.proc.table("tcp", row("0100007F", 50007, "01", 1000, 31))
+        self.proc.table("tcp", row("0100007F", 41007, "01", 1000, 31))
         self.proc.process(77, "curl", 31)
         self.assertEqual(
-            describePortHolder(50007, "tcp", "127.0.0.1", self.proc.root),
-            "port 50007 is in use by pid 77 (curl) for a connection, not "
+            describePortHolder(41007, "tcp", "127.0.0.1", self.proc.root),
+            "port 41007 is in use by pid 77 (curl) for a connection, not "
             "listening (most often an outgoing one the kernel gave this port): "
             "reserve netd's ports with etc/sysctl.d/netd.conf",
         )
@@ -126,21 +126,21 @@ class PortHolderTests(SynchronousTestCase):
         """
         UDP sockets are read from the UDP tables.
         """
-        self.proc.table("udp", row("00000000", 50007, "07", 1000, 41))
+        self.proc.table("udp", row("00000000", 41007, "07", 1000, 41))
         self.proc.process(9, "socat", 41)
         self.assertEqual(
-            describePortHolder(50007, "udp", "127.0.0.1", self.proc.root),
-            "port 50007 is in use by pid 9 (socat)",
+            describePortHolder(41007, "udp", "127.0.0.1", self.proc.root),
+            "port 41007 is in use by pid 9 (socat)",
         )
 
     def test_holderHidden(self) -> None:
         """
         A holder this user may not look into is named by its user.
         """
-        self.proc.table("tcp", row("0100007F", 50007, "0A", 0, 51))
+        self.proc.table("tcp", row("0100007F", 41007, "0A", 0, 51))
         self.assertEqual(
-            describePortHolder(50007, "tcp", "127.0.0.1", self.proc.root),
-            "port 50007 is in use by a program of user root (run as root to see which)",
+            describePortHolder(41007, "tcp", "127.0.0.1", self.proc.root),
+            "port 41007 is in use by a program of user root (run as root to see which)",
         )
 
     def test_otherAddressIgnored(self) -> None:
@@ -148,15 +148,15 @@ class PortHolderTests(SynchronousTestCase):
         A socket on another specific address does not conflict, and is not
         named.
         """
-        self.proc.table("tcp", row("0200007F", 50007, "0A", 1000, 61))
+        self.proc.table("tcp", row("0200007F", 41007, "0A", 1000, 61))
         self.proc.process(5, "other", 61)
         self.assertEqual(
-            describePortHolder(50007, "tcp", "127.0.0.1", self.proc.root),
-            "port 50007 is in use",
+            describePortHolder(41007, "tcp", "127.0.0.1", self.proc.root),
+            "port 41007 is in use",
         )
         self.assertEqual(
-            describePortHolder(50007, "tcp", "", self.proc.root),
-            "port 50007 is in use by pid 5 (other)",
+            describePortHolder(41007, "tcp", "", self.proc.root),
+            "port 41007 is in use by pid 5 (other)",
         )
 
     def test_noProc(self) -> None:
@@ -164,8 +164,8 @@ class PortHolderTests(SynchronousTestCase):
         Without C{/proc}, the port alone is named.
         """
         self.assertEqual(
-            describePortHolder(50007, "tcp", "", self.mktemp()),
-            "port 50007 is in use",
+            describePortHolder(41007, "tcp", "", self.mktemp()),
+            "port 41007 is in use",
         )
 
     def test_realProcess(self) -> None:
