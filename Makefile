@@ -103,9 +103,6 @@ python2:
 bench/echoload: bench/echoload.c
 	$(CC) -O2 -Wall -o $@ $<
 
-bench/connload: bench/connload.c
-	$(CC) -O2 -Wall -o $@ $<
-
 ## bench: netd beside bare Twisted, asyncio, uvloop, xinetd and the stdlib on
 ## every load, one markdown table (~8 min; ARGS=... e.g. --netd 'w2=--workers 2')
 bench: $(VENV)/.installed bench-deps bench/echoload
@@ -129,9 +126,9 @@ bench-getfile: $(VENV)/.installed
 	$(BIN)/python bench/getfile_bench.py $(ARGS)
 
 ## bench-workers: --workers 1 beside --workers 2 (echo C=64, daytime connect rate)
-bench-workers: $(VENV)/.installed bench/echoload bench/connload
+bench-workers: $(VENV)/.installed bench/echoload
 	$(BIN)/python bench/workers_bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV)-lock _trial_temp* build dist *.egg-info bench/echoload bench/connload bench/results-latest.md
+	rm -rf $(VENV) $(VENV)-lock _trial_temp* build dist *.egg-info bench/echoload bench/results-latest.md
 	find . -name dropin.cache -delete

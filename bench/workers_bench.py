@@ -3,9 +3,9 @@ netd with C{--workers 1} beside C{--workers 2}, side by side in one run.
 
 Both servers run at once (an idle one costs nothing) with echo and daytime
 on loopback, and the rounds interleave them. Loads come from the compiled
-clients: C{bench/echoload} (lock-step 64-byte echo on 64 connections) and
-C{bench/connload} (daytime, 16 connections in flight, each read to its
-close). Nothing is pinned: two workers need both cores, so the client
+client C{bench/echoload}: lock-step 64-byte echo on 64 connections, and its
+connect mode (daytime, 16 connections in flight, each read to its close).
+Nothing is pinned: two workers need both cores, so the client
 shares them, and the server CPU time per message or connection (from
 C{/proc/PID/stat}, the parent and its workers together) is printed beside
 each rate.
@@ -25,7 +25,6 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.dirname(sys.executable)
 ECHOLOAD = os.path.join(HERE, "echoload")
-CONNLOAD = os.path.join(HERE, "connload")
 READY = re.compile(rb"netd ready: ")
 LISTENING = re.compile(rb"(\w+) listening on TCP 127\.0\.0\.1:(\d+)")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -103,10 +102,11 @@ def measure(pid: int, ports: dict[str, int], scenario: str, seconds: float) -> d
         rate = figures["rate"]
     else:
         figures = run(
-            [CONNLOAD, "127.0.0.1", str(ports["daytime"]), "16", str(seconds)],
+            [ECHOLOAD, "127.0.0.1", str(ports["daytime"]), "16", str(seconds), "1"]
+            + ["0", "connect"],
             seconds,
         )
-        rate = figures["conns_per_s"]
+        rate = figures["rate"]
     used = serverCPU(pid) - before
     return {"rate": rate, "cpu_us": 1e6 * used / max(1.0, rate * seconds)}
 
@@ -116,9 +116,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     arguments = parser.parse_args()
-    for client in (ECHOLOAD, CONNLOAD):
-        if not os.path.exists(client):
-            raise SystemExit(f"build the client first: make bench/{client}")
+    if not os.path.exists(ECHOLOAD):
+        raise SystemExit("build the client first: make bench/echoload")
     scenarios = ["echo C=64", "daytime C=16"]
     counts = [1, 2]
     started = {count: startNetd(count) for count in counts}
