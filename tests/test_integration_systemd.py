@@ -713,6 +713,47 @@ class Download(Protocol):
         self.closed.callback(self.received)
 
 
+@defer.inlineCallbacks
+def stopDuringDownload(
+    testCase: TestCase, content: bytes, *arguments: str
+) -> defer.Generator:
+    """
+    Serve C{content} as C{big.bin} with C{twistd -n netd ARGUMENTS}, start
+    an extended-form download of it, stop reading, send C{SIGTERM}, and once
+    netd says it is stopping with that connection open, read on to the end.
+
+    @return: the netd process and every byte the client received.
+    """
+    root = os.path.abspath(testCase.mktemp())
+    os.makedirs(root)
+    with open(os.path.join(root, "big.bin"), "wb") as stream:
+        stream.write(content)
+    netd = yield runNetd(
+        testCase,
+        *arguments,
+        "--services",
+        "getfile",
+        "--getfile",
+        "tcp:0:interface=127.0.0.1",
+        "--getfile-root",
+        root,
+        "--grace",
+        "60",
+    )
+    client = Download()
+    yield connectProtocol(
+        TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile")), client
+    )
+    client.transport.write(b"GETFILE/1 0 big.bin\n")
+    yield client.started
+    client.transport.pauseProducing()
+    netd.signal("TERM")
+    yield waitUntil(lambda: b"stopping: 1 connections open" in netd.output)
+    client.transport.resumeProducing()
+    received = yield client.closed
+    return netd, received
+
+
 class GetFileLifecycleTests(TestCase):
     """
     getfile across a stop and a reload of netd.
@@ -734,29 +775,7 @@ class GetFileLifecycleTests(TestCase):
         the grace period; then netd exits.
         """
         content = os.urandom(32 * 1024 * 1024)
-        root = self.makeRoot({"big.bin": content})
-        netd = yield runNetd(
-            self,
-            "--services",
-            "getfile",
-            "--getfile",
-            "tcp:0:interface=127.0.0.1",
-            "--getfile-root",
-            root,
-            "--grace",
-            "60",
-        )
-        client = Download()
-        yield connectProtocol(
-            TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile")), client
-        )
-        client.transport.write(b"GETFILE/1 0 big.bin\n")
-        yield client.started
-        client.transport.pauseProducing()
-        netd.signal("TERM")
-        yield waitUntil(lambda: b"stopping: 1 connections open" in netd.output)
-        client.transport.resumeProducing()
-        received = yield client.closed
+        netd, received = yield stopDuringDownload(self, content)
         self.assertEqual(len(received), len(b"OK %d\n" % len(content)) + len(content))
         self.assertTrue(received == b"OK %d\n" % len(content) + content)
         # twistd ends by the signal that stopped it, as systemd expects.

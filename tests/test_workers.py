@@ -45,12 +45,12 @@ from tests.common import (
 )
 from tests.test_integration_systemd import (
     SOCKET_ACTIVATE,
-    Download,
     EchoClient,
     connectEcho,
     heldBy,
     listenDatagramClient,
     runNetdNotifying,
+    stopDuringDownload,
     waitUntil,
 )
 
@@ -627,35 +627,8 @@ class WorkersTests(TestCase):
         A getfile download under way in a worker when the parent is told to
         stop (its client not even reading then) completes, byte for byte.
         """
-        root = os.path.abspath(self.mktemp())
-        os.makedirs(root)
         content = os.urandom(8 * 1024 * 1024)
-        with open(os.path.join(root, "big.bin"), "wb") as stream:
-            stream.write(content)
-        netd = yield runNetd(
-            self,
-            "--workers",
-            "2",
-            "--services",
-            "getfile",
-            "--getfile",
-            "tcp:0:interface=127.0.0.1",
-            "--getfile-root",
-            root,
-            "--grace",
-            "60",
-        )
-        client = Download()
-        yield connectProtocol(
-            TCP4ClientEndpoint(_reactor, "127.0.0.1", netd.port("getfile")), client
-        )
-        client.transport.write(b"GETFILE/1 0 big.bin\n")
-        yield client.started
-        client.transport.pauseProducing()
-        netd.signal("TERM")
-        yield waitForOutput(netd, "stopping: 1 connections open")
-        client.transport.resumeProducing()
-        received = yield client.closed
+        netd, received = yield stopDuringDownload(self, content, "--workers", "2")
         self.assertTrue(received == b"OK %d\n" % len(content) + content)
         yield netd.ended
         self.assertIn(b"sent, 8388608 of 8388608 bytes", netd.output)
