@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from netd.plugin import discoverServices
 from netd.tap import POLICY_KEYS, Options
 from tests.common import PROJECT, runNetd
+from tests.test_integration_systemd import connectEcho
 
 EXAMPLE = os.path.join(PROJECT, "etc", "netd.toml")
 
@@ -131,7 +132,8 @@ class AsShippedTests(TestCase):
         """
         C{twistd -n netd --config etc/netd.toml}, started in the checkout,
         serves every service it names (endpoints moved to free ports, as
-        tests never bind the default ones), getfile from the sample folder.
+        tests never bind the default ones), getfile from the sample folder,
+        echo with its default prefix.
         """
         services = [s for s in ownServices() if getattr(s, "enabledByDefault", True)]
         arguments = ["--config", EXAMPLE]
@@ -148,3 +150,5 @@ class AsShippedTests(TestCase):
         )
         sample = os.path.realpath(os.path.join(PROJECT, "examples", "files"))
         self.assertIn(f"serving {sample}\n".encode(), netd.output)
+        client = yield connectEcho(netd.port("echo"))
+        self.assertEqual((yield client.exchange(b"x", 7)), b"Echo=>x")

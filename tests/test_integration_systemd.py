@@ -22,7 +22,6 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from netd.plugin import discoverServices
 from netd.tap import Options
 from tests.common import (
     PROJECT,
@@ -651,46 +650,6 @@ class UnitFileTests(TestCase):
         self.assertEqual(
             pulledIn, {unit for unit in self.units if unit.startswith("netd-")}
         )
-
-
-class ExampleConfigTests(TestCase):
-    """
-    The example config of C{etc/} starts netd.
-    """
-
-    @defer.inlineCallbacks
-    def test_exampleConfigStarts(self) -> defer.Generator:
-        """
-        C{etc/netd.toml} starts every service, with every option it sets
-        (endpoints moved to free loopback ports and system paths to a
-        temporary directory on the command line, which wins over the file).
-        """
-        services = [
-            service
-            for service in discoverServices()
-            if getattr(service, "enabledByDefault", True)
-        ]
-        arguments = ["--config", os.path.join(ETC, "netd.toml"), *localPaths(self)]
-        # Services off by default (discard, chargen) too, with their tables.
-        arguments.append("--services=" + ",".join(s.name for s in services))
-        for service in services:
-            if service.stream:
-                arguments += [f"--{service.name}", "tcp:0:interface=127.0.0.1"]
-            if service.datagram:
-                arguments += [f"--{service.name}", "udp:0:interface=127.0.0.1"]
-        netd = yield runNetd(
-            self,
-            *arguments,
-            listeners=sum(
-                a.startswith("tcp:") or a.startswith("udp:") for a in arguments
-            ),
-        )
-        self.assertEqual(
-            sorted({name for name, *_ in netd.addresses}),
-            sorted(service.name for service in services),
-        )
-        client = yield connectEcho(netd.port("echo"))
-        self.assertEqual((yield client.exchange(b"x", 7)), b"Echo=>x")
 
 
 class Download(Protocol):
