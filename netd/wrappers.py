@@ -25,6 +25,8 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from zope.interface import implementer
 
+from netd.twistedprivate import hasQueuedWrites
+
 
 def writeEagerly(transport: Any, socket: Any, data: bytes) -> bytes:
     """
@@ -41,8 +43,7 @@ def writeEagerly(transport: Any, socket: Any, data: bytes) -> bytes:
     """
     if (
         (transport.producer is not None and not transport.streamingProducer)
-        or transport._tempDataBuffer
-        or len(transport.dataBuffer) > transport.offset
+        or hasQueuedWrites(transport)
         or transport.disconnecting
         or not transport.connected
     ):
