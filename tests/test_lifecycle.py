@@ -392,6 +392,23 @@ class ReadinessTests(SynchronousTestCase):
         with self.assertRaises(BlockingIOError):
             receiver.recv(4096)
 
+    def test_readyOnlyOnceRunning(self) -> None:
+        """
+        Under twistd, which starts services before the reactor runs (and so
+        before the reactor handles SIGINT and SIGTERM), C{READY=1} waits
+        until the reactor runs: a stop asked for on seeing it is not lost.
+        """
+        built = Built(self, ECHO)
+        receiver = built.notifyHere(self)
+        built.netd.handleSignals = True
+        self.addCleanup(built.netd.stopService)
+        built.netd.privilegedStartService()
+        built.netd.startService()
+        with self.assertRaises(BlockingIOError):
+            receiver.recv(4096)
+        built.reactor.run()
+        self.assertTrue(receiver.recv(4096).startswith(b"READY=1\n"))
+
     def startSlow(self) -> tuple[Built, Deferred[Any], socket.socket]:
         """
         netd with one listener whose endpoint has not listened yet.
